@@ -1,0 +1,167 @@
+// Package app runs kapfhir's use cases: enrol a patient, schedule a
+// programme, change a session, add a booster or maintenance plan, record a
+// measurement. Each runs in one store transaction that writes the domain
+// change and the new versions of every FHIR resource it affects, so a commit
+// leaves domain and FHIR in step and a rollback leaves nothing behind.
+package app
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/kapfhir/kapfhir/fhir/fhirjson"
+	"github.com/kapfhir/kapfhir/mapping"
+	"github.com/kapfhir/kapfhir/resource"
+	"github.com/kapfhir/kapfhir/store"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// Catalogue is the protocol catalogue the service schedules from.
+type Catalogue interface {
+	Get(id string) (treatment.Protocol, bool)
+	All() []treatment.Protocol
+}
+
+// Options configures a Service.
+type Options struct {
+	Store     store.Store
+	Catalogue Catalogue
+	Calendar  treatment.Calendar
+	// IdentifierSystem overrides the per-installation identifier system.
+	IdentifierSystem string
+	CanonicalBase    string
+	Now              func() time.Time // default time.Now
+	NewID            func() string    // default random UUIDs
+	Logger           *slog.Logger
+}
+
+// Service runs the use cases.
+type Service struct {
+	store store.Store
+	cat   Catalogue
+	cal   treatment.Calendar
+	opts  mapping.Options
+	now   func() time.Time
+	newID func() string
+	log   *slog.Logger
+}
+
+// metaInstallation is the store meta key of the installation id.
+const metaInstallation = "installation_id"
+
+// New prepares the service: it settles the installation's identifier system
+// (generated once, kept in the store) and publishes every protocol as a
+// PlanDefinition (a new version only when a protocol changed).
+func New(ctx context.Context, o Options) (*Service, error) {
+	s := &Service{
+		store: o.Store,
+		cat:   o.Catalogue,
+		cal:   o.Calendar,
+		opts:  mapping.Options{IdentifierSystem: o.IdentifierSystem, CanonicalBase: o.CanonicalBase},
+		now:   o.Now,
+		newID: o.NewID,
+		log:   o.Logger,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.newID == nil {
+		s.newID = func() string { return uuid.NewString() }
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.cal.Location == nil {
+		s.cal = treatment.DefaultCalendar(time.UTC)
+	}
+	err := s.store.InTx(ctx, func(tx store.Tx) error {
+		if s.opts.IdentifierSystem == "" {
+			id, err := tx.Meta(ctx, metaInstallation)
+			if err != nil {
+				return err
+			}
+			if id == "" {
+				id = uuid.NewString()
+				if err := tx.SetMeta(ctx, metaInstallation, id); err != nil {
+					return err
+				}
+			}
+			s.opts.IdentifierSystem = "urn:uuid:" + id
+		}
+		for _, p := range s.cat.All() {
+			if _, err := s.put(ctx, tx, mapping.PlanDefinition(p, s.opts)); err != nil {
+				return fmt.Errorf("publish protocol %s: %w", p.ID, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: start: %w", err)
+	}
+	return s, nil
+}
+
+// IdentifierSystem is the identifier system every resource of this installation carries.
+func (s *Service) IdentifierSystem() string { return s.opts.IdentifierSystem }
+
+// Protocols lists the catalogue, sorted by id.
+func (s *Service) Protocols() []treatment.Protocol { return s.cat.All() }
+
+// Protocol returns one protocol, or a not_found error.
+func (s *Service) Protocol(id string) (treatment.Protocol, error) {
+	p, ok := s.cat.Get(id)
+	if !ok {
+		return treatment.Protocol{}, treatment.NotFound("protocol", id)
+	}
+	return p, nil
+}
+
+// timestamp is now, truncated to what FHIR instants and the stores keep.
+func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Millisecond) }
+
+// put stores a new version of r unless its content is unchanged. It reports
+// whether a version was written.
+func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource) (bool, error) {
+	cur, oldHash, err := tx.CurrentVersion(ctx, r.Type, r.ID)
+	if err != nil {
+		return false, err
+	}
+	hash := mapping.ContentHash(r)
+	if cur > 0 && bytes.Equal(hash, oldHash) {
+		return false, nil
+	}
+	now := s.timestamp()
+	mapping.SetMeta(r, cur+1, now)
+	b, err := fhirjson.Marshal(r.Msg)
+	if err != nil {
+		return false, err
+	}
+	w := resource.Write{
+		Version: resource.Version{Type: r.Type, ID: r.ID, VersionID: cur + 1, LastUpdated: now, JSON: b},
+		Hash:    hash,
+		Index:   mapping.Index(r),
+	}
+	if err := tx.PutVersion(ctx, w); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// putProgram re-maps a programme and stores the resources that changed.
+func (s *Service) putProgram(ctx context.Context, tx store.Tx, prog treatment.Program) error {
+	rs, err := mapping.Program(prog, s.cat.Get, s.opts)
+	if err != nil {
+		return fmt.Errorf("map programme %s: %w", prog.ID, err)
+	}
+	for _, r := range rs {
+		if _, err := s.put(ctx, tx, r); err != nil {
+			return fmt.Errorf("store %s/%s: %w", r.Type, r.ID, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/config"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// demoSystem is the identifier system of the demo's synthetic patients.
+const demoSystem = "https://kapfhir.org/fhir/sid/demo-mrn"
+
+// demo enrols one synthetic patient (no real PHI) in every induction
+// protocol, adds the protocol's first follow-on plan, and prints each schedule
+// and the URLs to pull it as FHIR.
+func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer) error {
+	svc, st, err := newService(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	base := "http://" + cfg.Listen + "/fhir"
+	if cfg.BaseURL != "" {
+		base = strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir"
+	}
+	loc, err := time.LoadLocation(cfg.Clinic.Timezone)
+	if err != nil {
+		return err
+	}
+	cal, err := cfg.Calendar()
+	if err != nil {
+		return err
+	}
+	start := nextOpenMorning(time.Now().In(loc), cal)
+	run := time.Now().UTC().Format("20060102T150405")
+	n := 0
+	for _, p := range svc.Protocols() {
+		if p.Kind != treatment.PlanInduction {
+			continue
+		}
+		n++
+		pat, err := svc.CreatePatient(ctx, app.PatientInput{
+			Identifiers: []treatment.Identifier{{System: demoSystem, Value: fmt.Sprintf("DEMO-%s-%02d", run, n)}},
+			Family:      "Synthetic", Given: []string{fmt.Sprintf("Demo%02d", n)},
+			BirthDate: "1980-01-01", Gender: "unknown",
+		})
+		if err != nil {
+			return fmt.Errorf("demo patient for %s: %w", p.ID, err)
+		}
+		prog, err := svc.CreateProgram(ctx, app.ProgramInput{
+			PatientID: pat.ID, ProtocolID: p.ID, Start: start.Format("2006-01-02T15:04"), Timezone: loc.String(),
+		})
+		if err != nil {
+			return fmt.Errorf("demo programme for %s: %w", p.ID, err)
+		}
+		if len(p.FollowOn) > 0 {
+			if prog, err = svc.AddPlan(ctx, prog.ID, app.PlanInput{ProtocolID: p.FollowOn[0]}); err != nil {
+				return fmt.Errorf("demo follow-on %s for %s: %w", p.FollowOn[0], p.ID, err)
+			}
+		}
+		printProgram(w, p, prog, loc)
+		fmt.Fprintf(w, "  FHIR: %s/CarePlan?patient=Patient/%s&_include=CarePlan:activity-reference\n", base, pat.ID)
+		fmt.Fprintf(w, "        %s/Appointment?patient=Patient/%s&_sort=date\n", base, pat.ID)
+		fmt.Fprintf(w, "        %s/Goal?patient=Patient/%s\n\n", base, pat.ID)
+	}
+	fmt.Fprintf(w, "Enrolled %d synthetic patients. Run `kapfhir serve` and pull the URLs above (metadata: %s/metadata).\n", n, base)
+	return nil
+}
+
+// nextOpenMorning is 09:00 (or opening time, if later) on the next open day after t.
+func nextOpenMorning(t time.Time, cal treatment.Calendar) time.Time {
+	loc := t.Location()
+	for d := 1; d < 60; d++ {
+		day := time.Date(t.Year(), t.Month(), t.Day()+d, 0, 0, 0, 0, loc)
+		if !cal.IsOpenDay(day) {
+			continue
+		}
+		h := cal.Open[day.Weekday()]
+		minute := max(h.Open, 9*60)
+		if minute+60 > h.Close {
+			minute = h.Open
+		}
+		return day.Add(time.Duration(minute) * time.Minute)
+	}
+	return time.Date(t.Year(), t.Month(), t.Day()+1, 9, 0, 0, 0, loc)
+}
+
+func printProgram(w io.Writer, p treatment.Protocol, prog treatment.Program, loc *time.Location) {
+	fmt.Fprintf(w, "== %s — %s\n   programme %s, patient %s, %d doses (%s)\n", p.ID, p.Title, prog.ID, prog.PatientID, prog.Doses, prog.Route)
+	for _, is := range prog.Issues {
+		fmt.Fprintf(w, "   ! %s: %s\n", is.Code, is.Message)
+	}
+	tw := newTable(w, "  #", "PLAN", "KIND", "DOSE", "STATUS", "WHEN ("+loc.String()+")")
+	plans := map[string]string{}
+	for _, pl := range prog.Plans {
+		plans[pl.ID] = pl.ProtocolID
+	}
+	for i, s := range prog.Sessions {
+		when := s.Start.In(loc).Format("Mon 2006-01-02 15:04") + "-" + s.End.In(loc).Format("15:04")
+		if !s.HasSlot() && s.Window != nil {
+			when = "window " + s.Window.Start.In(loc).Format("2006-01-02") + " .. " + s.Window.End.In(loc).Format("2006-01-02")
+		}
+		dose := ""
+		if s.Dose > 0 {
+			dose = fmt.Sprint(s.Dose)
+		}
+		tw.row(fmt.Sprintf("  %d", i+1), plans[s.PlanID], string(s.Kind), dose, string(s.Status), when)
+	}
+	_ = tw.flush()
+}
+
+// table writes aligned columns.
+type table struct{ tw *tabwriter.Writer }
+
+func newTable(w io.Writer, header ...string) *table {
+	t := &table{tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
+	t.row(header...)
+	return t
+}
+
+func (t *table) row(cols ...string) { fmt.Fprintln(t.tw, strings.Join(cols, "\t")) }
+
+func (t *table) flush() error { return t.tw.Flush() }

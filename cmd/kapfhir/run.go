@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/kapfhir/kapfhir/api"
+	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/catalogue"
+	"github.com/kapfhir/kapfhir/config"
+	"github.com/kapfhir/kapfhir/fhir"
+	"github.com/kapfhir/kapfhir/server"
+	"github.com/kapfhir/kapfhir/store"
+	"github.com/kapfhir/kapfhir/store/postgres"
+	"github.com/kapfhir/kapfhir/store/sqlite"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// version is set with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `kapfhir maps ketamine and KAP clinic programmes to FHIR R4 and serves them.
+
+Usage:
+  kapfhir serve     [-config FILE]   run the server (FHIR at /fhir, domain API at /api/v1)
+  kapfhir migrate   [-config FILE]   apply database migrations and exit
+  kapfhir demo      [-config FILE]   enrol synthetic patients in every protocol and print the schedules
+  kapfhir protocols [-config FILE]   list the protocol catalogue
+  kapfhir config check [-config FILE]  validate the configuration, reporting every problem
+  kapfhir version
+
+With no -config, KAPFHIR_CONFIG names the file; with neither, defaults apply
+(data in ./kapfhir-data, listening on 127.0.0.1:8080). KAPFHIR_* variables override the file.
+`
+
+// env is how run reads the environment (os.LookupEnv in main; a map in tests).
+type env = config.LookupFunc
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup env) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	if cmd == "config" {
+		if len(rest) == 0 || rest[0] != "check" {
+			fmt.Fprint(stderr, usage)
+			return errors.New(`unknown command: "config" takes "check"`)
+		}
+		cmd, rest = "config check", rest[1:]
+	}
+	fs := flag.NewFlagSet("kapfhir "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "path to a YAML configuration file")
+	switch cmd {
+	case "serve", "migrate", "demo", "protocols", "config check":
+	case "version":
+		fmt.Fprintln(stdout, "kapfhir", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+	if err := fs.Parse(rest); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected arguments %q", cmd, fs.Args())
+	}
+	path := *cfgPath
+	if path == "" {
+		path, _ = lookup("KAPFHIR_CONFIG")
+	}
+	cfg, err := config.Load(path, lookup)
+	if cmd == "config check" {
+		if err != nil {
+			return err
+		}
+		if _, err := catalogue.Load(cfg.Protocols.Dir); err != nil {
+			return fmt.Errorf("protocols: %w", err)
+		}
+		fmt.Fprintln(stdout, "configuration OK")
+		fmt.Fprint(stdout, cfg.Dump())
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	switch cmd {
+	case "protocols":
+		return listProtocols(cfg, stdout)
+	case "migrate":
+		st, n, err := openStore(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		fmt.Fprintf(stdout, "migrations applied: %d\n", n)
+		return nil
+	case "demo":
+		return demo(ctx, cfg, log, stdout)
+	}
+	return serve(ctx, cfg, log, stdout)
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// migrator is what both store implementations offer besides store.Store.
+type migrator interface {
+	store.Store
+	Migrate(ctx context.Context) (int, error)
+}
+
+// openStore opens the configured store and applies pending migrations.
+func openStore(ctx context.Context, cfg config.Config) (store.Store, int, error) {
+	var st migrator
+	var err error
+	switch cfg.Store.Driver {
+	case "postgres":
+		st, err = postgres.Open(ctx, cfg.Store.PostgresURL)
+	default:
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, 0, fmt.Errorf("data directory: %w", err)
+		}
+		st, err = sqlite.Open(ctx, cfg.SQLitePath())
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("open %s store: %w", cfg.Store.Driver, err)
+	}
+	n, err := st.Migrate(ctx)
+	if err != nil {
+		st.Close()
+		return nil, 0, fmt.Errorf("migrate %s store: %w", cfg.Store.Driver, err)
+	}
+	return st, n, nil
+}
+
+// newService loads the catalogue and opens the store and application service.
+func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*app.Service, store.Store, error) {
+	cat, err := catalogue.Load(cfg.Protocols.Dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("protocol catalogue: %w", err)
+	}
+	cal, err := cfg.Calendar()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, n, err := openStore(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if n > 0 {
+		log.Info("migrations applied", "count", n)
+	}
+	svc, err := app.New(ctx, app.Options{
+		Store: st, Catalogue: cat, Calendar: cal,
+		IdentifierSystem: cfg.FHIR.IdentifierSystem, CanonicalBase: cfg.FHIR.CanonicalBase,
+		Logger: log,
+	})
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return svc, st, nil
+}
+
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
+	// Listen first, so a taken port fails before anything else starts.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	svc, st, err := newService(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close() // the store closes last
+	fhirBase := ""
+	if cfg.BaseURL != "" {
+		fhirBase = strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir"
+	}
+	fs, err := fhir.New(st, fhir.Options{BaseURL: fhirBase, Software: "kapfhir " + version})
+	if err != nil {
+		return err
+	}
+	h := server.New(server.Options{
+		FHIR: fs, API: api.New(svc, fhirBase), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		Ready: func(ctx context.Context) error {
+			_, err := st.Patient(ctx, "readiness-probe")
+			return ignoreNotFound(err)
+		},
+	})
+	addr := ln.Addr().String()
+	log.Info("kapfhir listening", "addr", addr, "store", cfg.Store.Driver, "version", version)
+	fmt.Fprintf(stdout, "kapfhir listening on http://%s (FHIR base http://%s/fhir)\n", addr, addr)
+	return server.Serve(ctx, ln, h, server.Timeouts{
+		ReadHeader: cfg.HTTP.ReadHeaderTimeout, Read: cfg.HTTP.ReadTimeout, Write: cfg.HTTP.WriteTimeout,
+		Idle: cfg.HTTP.IdleTimeout, Shutdown: cfg.HTTP.ShutdownTimeout,
+	}, log)
+}
+
+func listProtocols(cfg config.Config, w io.Writer) error {
+	cat, err := catalogue.Load(cfg.Protocols.Dir)
+	if err != nil {
+		return fmt.Errorf("protocol catalogue: %w", err)
+	}
+	tw := newTable(w, "ID", "KIND", "ROUTE", "DOSES", "INDICATIONS", "TITLE")
+	for _, p := range cat.All() {
+		var ind []string
+		for _, i := range p.Indications {
+			ind = append(ind, string(i))
+		}
+		doses := fmt.Sprintf("%d-%d", p.Doses.Min, p.Doses.Max)
+		if p.Doses.Min == p.Doses.Max {
+			doses = fmt.Sprint(p.Doses.Min)
+		}
+		tw.row(p.ID, string(p.Kind), string(p.Route), doses, strings.Join(ind, ","), p.Title)
+	}
+	return tw.flush()
+}
+
+func ignoreNotFound(err error) error {
+	if treatment.ErrorKind(err) == treatment.KindNotFound {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,129 @@
+// Package bench measures kapfhir's FHIR read path against a baseline in the
+// same run: GET /fhir/CarePlan/{id} from a store of 100k resources versus an
+// Echo handler returning the same bytes from memory.
+//
+//	go test ./test/bench -run '^$' -bench . -benchtime 20000x
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/kapfhir/kapfhir/resource"
+	"github.com/kapfhir/kapfhir/store"
+	"github.com/kapfhir/kapfhir/test/kaptest"
+)
+
+// storeSize is the number of resources in the benchmark store.
+const storeSize = 100_000
+
+// fill adds copies of a real CarePlan under new ids (and a patient reference
+// each, so the search index is populated) until the store holds n resources.
+func fill(b *testing.B, st store.Store, tmpl []byte, n int) {
+	b.Helper()
+	ctx := context.Background()
+	const batch = 5000
+	for i := 0; i < n; i += batch {
+		err := st.InTx(ctx, func(tx store.Tx) error {
+			for j := i; j < min(i+batch, n); j++ {
+				id := fmt.Sprintf("bulk-%06d", j)
+				body := bytes.Replace(tmpl, []byte(`"id":"`), []byte(`"id":"`+id+`-`), 1)
+				w := resource.Write{
+					Version: resource.Version{Type: "CarePlan", ID: id, VersionID: 1, LastUpdated: kaptest.Start, JSON: body},
+					Hash:    []byte(id),
+					Index: resource.Index{
+						Refs:     []resource.Ref{{Param: "patient", Target: fmt.Sprintf("Patient/bulk-%d", j%5000)}},
+						Tokens:   []resource.Token{{Param: "status", System: "http://hl7.org/fhir/request-status", Code: "active"}},
+						SortDate: kaptest.Start.Add(time.Duration(j) * time.Minute),
+					},
+				}
+				if err := tx.PutVersion(ctx, w); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func get(b *testing.B, c *http.Client, url string) []byte {
+	res, err := c.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil || res.StatusCode != 200 {
+		b.Fatalf("GET %s = %d %v", url, res.StatusCode, err)
+	}
+	return body
+}
+
+func BenchmarkCarePlanRead(b *testing.B) {
+	env := kaptest.New(b, 0)
+	ctx := context.Background()
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+	post := func(path, body string) string {
+		res, err := c.Post(env.URL+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 201 {
+			b.Fatalf("POST %s = %d: %s", path, res.StatusCode, out)
+		}
+		i := bytes.Index(out, []byte(`"id":"`))
+		return string(out[i+6 : i+6+bytes.IndexByte(out[i+6:], '"')])
+	}
+	pat := post("/api/v1/patients", `{"identifier":[{"system":"https://clinic.example/mrn","value":"B1"}],"name":{"family":"Bench"},"birthDate":"1980-01-01","gender":"other"}`)
+	post("/api/v1/programs", `{"patientId":"`+pat+`","protocolId":"ketamine-iv-6x-3wk","start":"2026-12-01T09:00"}`)
+	page, err := env.Store.Search(ctx, resource.Query{Type: "CarePlan", Count: 1, Sort: resource.SortID})
+	if err != nil || len(page.Versions) != 1 {
+		b.Fatalf("no CarePlan: %v", err)
+	}
+	cp := page.Versions[0]
+	fill(b, env.Store, cp.JSON, storeSize)
+
+	url := env.URL + "/fhir/CarePlan/" + cp.ID
+	want := get(b, c, url)
+
+	static := echo.New()
+	static.GET("/fhir/CarePlan/:id", func(e echo.Context) error {
+		e.Response().Header().Set("ETag", `W/"1"`)
+		return e.Blob(http.StatusOK, "application/fhir+json; charset=utf-8", want)
+	})
+	ss := httptest.NewServer(static)
+	defer ss.Close()
+
+	for _, bm := range []struct{ name, url string }{
+		{"fhir-read-100k", url},
+		{"echo-static", ss.URL + "/fhir/CarePlan/" + cp.ID},
+	} {
+		b.Run(bm.name, func(b *testing.B) {
+			b.SetBytes(int64(len(want)))
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if got := get(b, c, bm.url); len(got) != len(want) {
+						b.Fatalf("got %d bytes, want %d", len(got), len(want))
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+		})
+	}
+}
