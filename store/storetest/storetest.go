@@ -537,8 +537,12 @@ const statusSys = "http://hl7.org/fhir/appointmentstatus"
 // do not mix, a Goal indexed like a1.
 func searchFixtures(t *testing.T) []fixture {
 	day := func(d string) time.Time { return ts(t, "2026-"+d+"Z") }
-	status := func(code string) resource.Token { return resource.Token{Param: "status", System: statusSys, Code: code} }
-	ident := func(sys, code string) resource.Token { return resource.Token{Param: "identifier", System: sys, Code: code} }
+	status := func(code string) resource.Token {
+		return resource.Token{Param: "status", System: statusSys, Code: code}
+	}
+	ident := func(sys, code string) resource.Token {
+		return resource.Token{Param: "identifier", System: sys, Code: code}
+	}
 	patient := func(id string) resource.Ref { return resource.Ref{Param: "patient", Target: "Patient/" + id} }
 	date := func(lo, hi string) resource.Date { return resource.Date{Param: "date", Lo: day(lo), Hi: day(hi)} }
 	return []fixture{
