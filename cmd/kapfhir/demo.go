@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,9 +18,11 @@ import (
 // demoSystem is the identifier system of the demo's synthetic patients.
 const demoSystem = "https://kapfhir.org/fhir/sid/demo-mrn"
 
-// demo enrols one synthetic patient (no real PHI) in every induction
-// protocol, adds the protocol's first follow-on plan, and prints each schedule
-// and the URLs to pull it as FHIR.
+// demo enrols synthetic patients (no real PHI) so that every protocol in the
+// catalogue is used: one patient per induction protocol, with its first
+// follow-on plan, then one more patient for each booster or maintenance plan
+// not used yet, added after an induction that lists it as a follow-on. It
+// prints each schedule and the URLs to pull it as FHIR.
 func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer) error {
 	svc, st, err := newService(ctx, cfg, log)
 	if err != nil {
@@ -41,10 +44,8 @@ func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer)
 	start := nextOpenMorning(time.Now().In(loc), cal)
 	run := time.Now().UTC().Format("20060102T150405")
 	n := 0
-	for _, p := range svc.Protocols() {
-		if p.Kind != treatment.PlanInduction {
-			continue
-		}
+	used := map[string]bool{}
+	enrol := func(p treatment.Protocol, followOn string) error {
 		n++
 		pat, err := svc.CreatePatient(ctx, app.PatientInput{
 			Identifiers: []treatment.Identifier{{System: demoSystem, Value: fmt.Sprintf("DEMO-%s-%02d", run, n)}},
@@ -60,17 +61,49 @@ func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer)
 		if err != nil {
 			return fmt.Errorf("demo programme for %s: %w", p.ID, err)
 		}
-		if len(p.FollowOn) > 0 {
-			if prog, err = svc.AddPlan(ctx, prog.ID, app.PlanInput{ProtocolID: p.FollowOn[0]}); err != nil {
-				return fmt.Errorf("demo follow-on %s for %s: %w", p.FollowOn[0], p.ID, err)
+		used[p.ID] = true
+		if followOn != "" {
+			if prog, err = svc.AddPlan(ctx, prog.ID, app.PlanInput{ProtocolID: followOn}); err != nil {
+				return fmt.Errorf("demo follow-on %s for %s: %w", followOn, p.ID, err)
 			}
+			used[followOn] = true
 		}
 		printProgram(w, p, prog, loc)
 		fmt.Fprintf(w, "  FHIR: %s/CarePlan?patient=Patient/%s&_include=CarePlan:activity-reference\n", base, pat.ID)
 		fmt.Fprintf(w, "        %s/Appointment?patient=Patient/%s&_sort=date\n", base, pat.ID)
 		fmt.Fprintf(w, "        %s/Goal?patient=Patient/%s\n\n", base, pat.ID)
+		return nil
 	}
-	fmt.Fprintf(w, "Enrolled %d synthetic patients. Run `kapfhir serve` and pull the URLs above (metadata: %s/metadata).\n", n, base)
+	all := svc.Protocols()
+	for _, p := range all {
+		if p.Kind != treatment.PlanInduction {
+			continue
+		}
+		followOn := ""
+		if len(p.FollowOn) > 0 {
+			followOn = p.FollowOn[0]
+		}
+		if err := enrol(p, followOn); err != nil {
+			return err
+		}
+	}
+	for _, plan := range all {
+		if used[plan.ID] || plan.Kind == treatment.PlanInduction {
+			continue
+		}
+		for _, p := range all {
+			if p.Kind == treatment.PlanInduction && slices.Contains(p.FollowOn, plan.ID) {
+				if err := enrol(p, plan.ID); err != nil {
+					return err
+				}
+				break
+			}
+		}
+		if !used[plan.ID] {
+			fmt.Fprintf(w, "(%s is not a follow-on of any induction protocol; not enrolled)\n\n", plan.ID)
+		}
+	}
+	fmt.Fprintf(w, "Enrolled %d synthetic patients in %d protocols. Run `kapfhir serve` and pull the URLs above (metadata: %s/metadata).\n", n, len(used), base)
 	return nil
 }
 
@@ -96,6 +129,9 @@ func printProgram(w io.Writer, p treatment.Protocol, prog treatment.Program, loc
 	fmt.Fprintf(w, "== %s — %s\n   programme %s, patient %s, %d doses (%s)\n", p.ID, p.Title, prog.ID, prog.PatientID, prog.Doses, prog.Route)
 	for _, is := range prog.Issues {
 		fmt.Fprintf(w, "   ! %s: %s\n", is.Code, is.Message)
+	}
+	for _, pl := range prog.Plans {
+		fmt.Fprintf(w, "   plan %s: %s (%s, %s)\n", pl.ID, pl.ProtocolID, pl.Kind, pl.Status)
 	}
 	tw := newTable(w, "  #", "PLAN", "KIND", "DOSE", "STATUS", "WHEN ("+loc.String()+")")
 	plans := map[string]string{}
