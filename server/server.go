@@ -40,6 +40,9 @@ func New(o Options) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			err = echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", mbe.Limit))
+		}
 		var he *echo.HTTPError
 		if !errors.As(err, &he) || he.Code >= 500 {
 			log.ErrorContext(c.Request().Context(), "request failed", "method", c.Request().Method, "path", c.Path(), "error", err)
@@ -50,8 +53,10 @@ func New(o Options) *echo.Echo {
 		}
 		api.WriteProblem(c, err)
 	}
-	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, DisablePrintStack: true}))
+	// The request log is outermost so that it also records requests whose
+	// handler panicked (Recover turns the panic into a 500 error first).
 	e.Use(requestLog(log))
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, DisablePrintStack: true}))
 	e.Use(middleware.SecureWithConfig(middleware.SecureConfig{
 		XSSProtection: "0", ContentTypeNosniff: "nosniff", XFrameOptions: "DENY",
 		ContentSecurityPolicy: "default-src 'none'; frame-ancestors 'none'", ReferrerPolicy: "no-referrer",
