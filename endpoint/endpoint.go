@@ -190,3 +190,37 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// Source says where an endpoint is defined.
+type Source string
+
+// Sources.
+const (
+	// SourceConfig: defined in the configuration file; the API cannot change it.
+	SourceConfig Source = "config"
+	// SourceAPI: created through the admin API.
+	SourceAPI Source = "api"
+)
+
+// AuthState is the endpoint's authentication health.
+type AuthState string
+
+// Authentication states.
+const (
+	AuthOK AuthState = "ok"
+	// AuthFailed: the EHR refused kapfhir's credentials after a renewal; the
+	// endpoint is paused until an operator fixes it (updating the endpoint or
+	// testing it successfully clears this).
+	AuthFailed AuthState = "auth-failed"
+)
+
+// Stored is an endpoint as the store keeps it, with its runtime state.
+type Stored struct {
+	Endpoint
+	Source    Source    `json:"source"`
+	AuthState AuthState `json:"authState"`
+	// LastError is the last endpoint-level failure (caller-safe, no PHI).
+	LastError string    `json:"lastError,omitempty"`
+	Created   time.Time `json:"created"`
+	Updated   time.Time `json:"updated"`
+}

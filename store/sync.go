@@ -1,0 +1,70 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/kapfhir/kapfhir/endpoint"
+	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/resource"
+)
+
+// SyncTx is the sync part of a transaction: a domain change enqueues its sync
+// work in the same transaction (see package outbox).
+type SyncTx interface {
+	// Endpoints returns every stored endpoint, by id.
+	Endpoints(ctx context.Context) ([]endpoint.Stored, error)
+	// Enqueue records work, coalescing per endpoint and resource: the item's
+	// wanted version becomes the larger of the two, it moves to the end of
+	// the order (a new Seq), and a succeeded, dead or discarded item becomes
+	// pending with no attempts. An in-flight or retrying item keeps its
+	// state; its new version is sent when the current attempt finishes.
+	Enqueue(ctx context.Context, work []outbox.Work, now time.Time) error
+}
+
+// Sync is the queue and endpoint side of the store, used by the sync engine
+// and the operators' API. Each method is its own transaction.
+type Sync interface {
+	// Endpoints returns every stored endpoint, by id.
+	Endpoints(ctx context.Context) ([]endpoint.Stored, error)
+	// Endpoint returns one endpoint, or not_found.
+	Endpoint(ctx context.Context, id string) (endpoint.Stored, error)
+	// PutEndpoint creates or replaces an endpoint (Created is kept on replace).
+	PutEndpoint(ctx context.Context, e endpoint.Stored) error
+	// DeleteEndpoint removes an endpoint and its queue (the sync log stays),
+	// or not_found.
+	DeleteEndpoint(ctx context.Context, id string) error
+	// SetEndpointState records the endpoint's auth state and last error, or not_found.
+	SetEndpointState(ctx context.Context, id string, state endpoint.AuthState, lastError string, now time.Time) error
+
+	// Backfill enqueues the current version of every stored resource of the
+	// given types for the endpoint (see SyncTx.Enqueue) and returns how many.
+	// A resource's patient is itself for a Patient, else its "patient" or
+	// "subject" search reference.
+	Backfill(ctx context.Context, endpointID string, types []string, now time.Time) (int, error)
+	// Lease leases runnable items, one batch per patient, oldest first.
+	Lease(ctx context.Context, l outbox.Lease) ([]outbox.Batch, error)
+	// Finish records what happened to a leased item and appends it to the
+	// log; a conflict error when the lease was lost.
+	Finish(ctx context.Context, r outbox.Result) error
+	// Item returns one item, or not_found.
+	Item(ctx context.Context, id int64) (outbox.Item, error)
+	// Items lists items matching f, by id.
+	Items(ctx context.Context, f outbox.Filter) ([]outbox.Item, error)
+	// Links returns the items of the given resources at the endpoint (the
+	// crosswalk to the EHR's ids), keyed by resource; missing ones are absent.
+	Links(ctx context.Context, endpointID string, keys []resource.Key) (map[resource.Key]outbox.Item, error)
+	// Stats summarises an endpoint's queue.
+	Stats(ctx context.Context, endpointID string) (outbox.Stats, error)
+	// Replay makes an item pending again with no attempts and logs who did
+	// it; not_found for an unknown item, conflict for one in flight.
+	Replay(ctx context.Context, itemID int64, actor string, now time.Time) error
+	// ReplayDead replays every dead item of an endpoint and returns how many.
+	ReplayDead(ctx context.Context, endpointID, actor string, now time.Time) (int, error)
+	// Discard gives up on a dead or retrying item (state discarded) and logs
+	// who did it; conflict for an item in another state.
+	Discard(ctx context.Context, itemID int64, actor string, now time.Time) error
+	// Log returns sync log events of an endpoint (all when ""), newest first,
+	// with ID < beforeID when beforeID > 0, at most limit.
+	Log(ctx context.Context, endpointID string, beforeID int64, limit int) ([]outbox.Event, error)
+}
