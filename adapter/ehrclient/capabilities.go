@@ -1,0 +1,112 @@
+package ehrclient
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strings"
+
+	c4pb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/codes_go_proto"
+
+	"github.com/kapfhir/kapfhir/fhir/fhirjson"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// Capabilities is what the sync engine needs to know of an EHR's
+// CapabilityStatement.
+type Capabilities struct {
+	// FHIRVersion is e.g. "4.0.1".
+	FHIRVersion string
+	// Transaction and Batch say whether the server accepts those Bundles.
+	Transaction bool
+	Batch       bool
+	// Resources is keyed by resource type ("CarePlan").
+	Resources map[string]ResourceCapabilities
+}
+
+// ResourceCapabilities is one rest.resource entry.
+type ResourceCapabilities struct {
+	// Interactions are FHIR codes: read, vread, update, patch, delete,
+	// history-instance, history-type, create, search-type.
+	Interactions      []string
+	ConditionalCreate bool
+	ConditionalUpdate bool
+	// UpdateCreate says whether PUT may create a resource with a client id.
+	UpdateCreate bool
+}
+
+// Supports reports whether the server supports interaction on typ.
+func (c *Capabilities) Supports(typ, interaction string) bool {
+	r, ok := c.Resources[typ]
+	return ok && slices.Contains(r.Interactions, interaction)
+}
+
+// Capabilities reads and parses the EHR's CapabilityStatement (GET metadata).
+func (c *Client) Capabilities(ctx context.Context) (*Capabilities, error) {
+	resp, err := c.Do(ctx, Request{Method: http.MethodGet, Path: "metadata", Idempotent: true})
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case resp.Status == http.StatusTooManyRequests || resp.Status >= 500:
+		return nil, treatment.Errorf(treatment.KindUnavailable, "endpoint %s: metadata answered %d", c.ep.ID, resp.Status)
+	case resp.Status != http.StatusOK:
+		return nil, treatment.Errorf(treatment.KindInvalid, "endpoint %s: metadata answered %d", c.ep.ID, resp.Status)
+	}
+	return parseCapabilities(c.ep.ID, resp.Body)
+}
+
+func parseCapabilities(id string, b []byte) (*Capabilities, error) {
+	cr, err := fhirjson.Unmarshal(b)
+	if err != nil {
+		return nil, &treatment.Error{Kind: treatment.KindInvalid, Msg: "endpoint " + id + ": metadata is not a valid FHIR R4 CapabilityStatement", Err: err}
+	}
+	cs := cr.GetCapabilityStatement()
+	if cs == nil {
+		return nil, treatment.Errorf(treatment.KindInvalid, "endpoint %s: metadata is not a CapabilityStatement", id)
+	}
+	caps := &Capabilities{Resources: map[string]ResourceCapabilities{}}
+	if v := cs.GetFhirVersion(); v != nil {
+		caps.FHIRVersion = strings.ReplaceAll(strings.TrimPrefix(v.GetValue().String(), "V_"), "_", ".")
+	}
+	for _, rest := range cs.GetRest() {
+		if rest.GetMode().GetValue() != c4pb.RestfulCapabilityModeCode_SERVER {
+			continue
+		}
+		for _, in := range rest.GetInteraction() {
+			switch kebab(in.GetCode().GetValue().String()) {
+			case "transaction":
+				caps.Transaction = true
+			case "batch":
+				caps.Batch = true
+			}
+		}
+		for _, r := range rest.GetResource() {
+			typ := camel(r.GetType().GetValue().String())
+			rc := ResourceCapabilities{
+				ConditionalCreate: r.GetConditionalCreate().GetValue(),
+				ConditionalUpdate: r.GetConditionalUpdate().GetValue(),
+				UpdateCreate:      r.GetUpdateCreate().GetValue(),
+			}
+			for _, in := range r.GetInteraction() {
+				rc.Interactions = append(rc.Interactions, kebab(in.GetCode().GetValue().String()))
+			}
+			caps.Resources[typ] = rc
+		}
+	}
+	return caps, nil
+}
+
+// kebab turns a proto enum name into its FHIR code: SEARCH_TYPE -> search-type.
+func kebab(s string) string { return strings.ToLower(strings.ReplaceAll(s, "_", "-")) }
+
+// camel turns a resource type enum name into the type: CARE_PLAN -> CarePlan.
+func camel(s string) string {
+	var b strings.Builder
+	for part := range strings.SplitSeq(strings.ToLower(s), "_") {
+		if part != "" {
+			b.WriteString(strings.ToUpper(part[:1]) + part[1:])
+		}
+	}
+	return b.String()
+}
