@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/fhir/go/jsonformat"
 	d4pb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/datatypes_go_proto"
+	bcrpb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -229,4 +230,28 @@ func walk(m protoreflect.Message, drop func(*d4pb.Reference) bool) (empty bool) 
 	has := false
 	m.Range(func(protoreflect.FieldDescriptor, protoreflect.Value) bool { has = true; return false })
 	return !has
+}
+
+// Identify returns the type and id of a parsed resource.
+func Identify(cr *bcrpb.ContainedResource) (resource.Key, error) {
+	root, err := resourceOf(cr.ProtoReflect())
+	if err != nil {
+		return resource.Key{}, err
+	}
+	return resource.Key{Type: string(root.Descriptor().Name()), ID: idOf(root)}, nil
+}
+
+// Identifiers returns the values of a parsed resource's identifiers in system.
+func Identifiers(cr *bcrpb.ContainedResource, system string) []string {
+	root, err := resourceOf(cr.ProtoReflect())
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, id := range identifiers(root) {
+		if id.GetSystem().GetValue() == system && id.GetValue().GetValue() != "" {
+			out = append(out, id.GetValue().GetValue())
+		}
+	}
+	return out
 }

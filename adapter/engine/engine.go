@@ -1,0 +1,273 @@
+// Package engine pushes kapfhir's resources to one EHR endpoint: it leases a
+// patient's queued items (package outbox), prepares each body for the EHR
+// (package outbound), writes it idempotently by kapfhir's identifier, and
+// records the outcome and the crosswalk to the EHR's ids.
+//
+// Write strategy, per resource type, from the EHR's CapabilityStatement:
+// a conditional update (PUT Type?identifier=system|value) when the EHR
+// supports it; otherwise an update by the EHR's id (If-Match its versionId)
+// when the crosswalk or a search by identifier knows it, else a create (with
+// If-None-Exist when supported). A search that finds several resources for
+// one identifier is reported as a duplicate and never "fixed" by writing.
+//
+// Failures: a content rejection (400, 422, a first 403, 404, 405) makes the
+// item dead with the EHR's OperationOutcome; 409 and 412 re-read and re-plan
+// once, then retry later; 429, 5xx and transport failures retry later with
+// backoff (never dead: an outage delays, it does not lose); credentials the
+// EHR keeps refusing mark the endpoint auth-failed and stop its worker.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kapfhir/kapfhir/adapter/ehrclient"
+	"github.com/kapfhir/kapfhir/endpoint"
+	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/resource"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// Store is what the engine needs of the store.
+type Store interface {
+	Lease(ctx context.Context, l outbox.Lease) ([]outbox.Batch, error)
+	Finish(ctx context.Context, r outbox.Result) error
+	Links(ctx context.Context, endpointID string, keys []resource.Key) (map[resource.Key]outbox.Item, error)
+	Read(ctx context.Context, typ, id string) (resource.Version, error)
+	SetEndpointState(ctx context.Context, id string, state endpoint.AuthState, lastError string, now time.Time) error
+}
+
+// EHR is what the engine needs of the EHR client.
+type EHR interface {
+	Do(ctx context.Context, r ehrclient.Request) (*ehrclient.Response, error)
+	Capabilities(ctx context.Context) (*ehrclient.Capabilities, error)
+}
+
+// Options configures a Worker.
+type Options struct {
+	Endpoint endpoint.Endpoint
+	// IdentifierSystem is kapfhir's identifier system (every resource
+	// carries identifier {system, value: its id}).
+	IdentifierSystem string
+	Store            Store
+	EHR              EHR
+	// Owner names this process in leases; unique per process.
+	Owner string
+	// LeaseFor is how long a lease lasts before another process may take
+	// the work over. Default: 2 minutes, at least 4 request timeouts.
+	LeaseFor time.Duration
+	// Poll is how often an idle worker looks for due work without being
+	// notified (retries coming due). Default: 1 second.
+	Poll   time.Duration
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Worker pushes one endpoint's queue. Run it; Notify it after enqueueing.
+type Worker struct {
+	o   Options
+	ep  endpoint.Endpoint
+	log *slog.Logger
+
+	mu         sync.Mutex
+	wake       chan struct{}
+	caps       *ehrclient.Capabilities
+	pauseUntil time.Time
+}
+
+// ErrAuthFailed ends Run when the EHR keeps refusing kapfhir's credentials;
+// the endpoint is marked auth-failed in the store.
+var ErrAuthFailed = errors.New("engine: the EHR refused kapfhir's credentials")
+
+// New returns a worker.
+func New(o Options) *Worker {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Poll <= 0 {
+		o.Poll = time.Second
+	}
+	if o.LeaseFor <= 0 {
+		o.LeaseFor = max(2*time.Minute, 4*o.Endpoint.Timeout())
+	}
+	return &Worker{o: o, ep: o.Endpoint, log: o.Logger.With("endpoint", o.Endpoint.ID), wake: make(chan struct{})}
+}
+
+// Notify wakes idle workers: work was enqueued.
+func (w *Worker) Notify() {
+	w.mu.Lock()
+	close(w.wake)
+	w.wake = make(chan struct{})
+	w.mu.Unlock()
+}
+
+func (w *Worker) wakeChan() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.wake
+}
+
+// pause stops leasing until t (the EHR is unreachable).
+func (w *Worker) pause(t time.Time) {
+	w.mu.Lock()
+	if t.After(w.pauseUntil) {
+		w.pauseUntil = t
+	}
+	w.mu.Unlock()
+}
+
+func (w *Worker) paused() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pauseUntil.Sub(w.o.Now())
+}
+
+// Run pushes until ctx ends (nil) or the EHR refuses the credentials
+// (ErrAuthFailed). It runs the endpoint's concurrency of lanes, each leasing
+// one patient's batch at a time.
+func (w *Worker) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for range max(w.ep.Concurrency, 1) {
+		wg.Go(func() {
+			if err := w.lane(ctx); err != nil {
+				cancel(err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); errors.Is(err, ErrAuthFailed) {
+		return err
+	}
+	return nil
+}
+
+func (w *Worker) lane(ctx context.Context) error {
+	for ctx.Err() == nil {
+		wake := w.wakeChan()
+		wait := w.o.Poll
+		if d := w.paused(); d > 0 {
+			wait = d
+		} else {
+			n, err := w.Once(ctx)
+			switch {
+			case errors.Is(err, ErrAuthFailed):
+				return err
+			case err != nil && ctx.Err() == nil:
+				w.log.Warn("sync round failed", "error", err)
+			case n > 0:
+				continue
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	return nil
+}
+
+// Once leases one patient's batch and pushes it; it returns how many items
+// it finished (0: nothing was due).
+func (w *Worker) Once(ctx context.Context) (int, error) {
+	batches, err := w.o.Store.Lease(ctx, outbox.Lease{
+		EndpointID: w.ep.ID, Owner: w.o.Owner, MaxPatients: 1, Now: w.o.Now(), For: w.o.LeaseFor,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("lease: %w", err)
+	}
+	n := 0
+	for _, b := range batches {
+		k, err := w.push(ctx, b)
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// capabilities returns the EHR's capabilities, read once per worker.
+func (w *Worker) capabilities(ctx context.Context) (*ehrclient.Capabilities, error) {
+	w.mu.Lock()
+	c := w.caps
+	w.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	c, err := w.o.EHR.Capabilities(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	w.caps = c
+	w.mu.Unlock()
+	return c, nil
+}
+
+// backoff is the wait before attempt n+1 of an item (n ≥ 1 failures so far).
+func (w *Worker) backoff(failures int, retryAfter time.Duration) time.Duration {
+	d := w.ep.Retry.MinBackoff.D()
+	for i := 1; i < failures && d < w.ep.Retry.MaxBackoff.D(); i++ {
+		d *= 2
+	}
+	d = min(d, w.ep.Retry.MaxBackoff.D())
+	return max(d, retryAfter)
+}
+
+func isAuth(err error) bool {
+	k := treatment.ErrorKind(err)
+	return k == treatment.KindUnauthorized || k == treatment.KindForbidden
+}
+
+// pathOnly is method and path without the query (queries hold identifiers).
+func pathOnly(method, p string) string {
+	p, _, _ = strings.Cut(p, "?")
+	return method + " " + p
+}
+
+// identifierQuery is "identifier=system|value", escaped.
+func identifierQuery(ident string) string {
+	return url.Values{"identifier": {ident}}.Encode()
+}
+
+// ehrIDFrom returns the EHR's id of a written resource from Location
+// (".../Type/id/_history/n") or "" when there is none.
+func ehrIDFrom(typ string, resp *ehrclient.Response) string {
+	loc := resp.Location
+	if loc == "" {
+		return ""
+	}
+	parts := strings.Split(strings.TrimRight(loc, "/"), "/")
+	for i := len(parts) - 2; i >= 0; i-- {
+		if parts[i] == typ {
+			return parts[i+1]
+		}
+	}
+	return ""
+}
+
+func success(status int) bool { return status == http.StatusOK || status == http.StatusCreated }
+
+// typeOrder sorts items so that references point backwards where they can.
+func typeOrder(typ string) int {
+	if i := slices.Index(endpoint.SyncableTypes, typ); i >= 0 {
+		return i
+	}
+	return len(endpoint.SyncableTypes)
+}

@@ -1,0 +1,472 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/kapfhir/kapfhir/adapter/ehrclient"
+	"github.com/kapfhir/kapfhir/adapter/outbound"
+	"github.com/kapfhir/kapfhir/fhir/fhirjson"
+	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/resource"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// batch is one patient's push in progress.
+type batch struct {
+	w     *Worker
+	b     outbox.Batch
+	links map[resource.Key]outbox.Item // crosswalk, filled as the batch goes
+	queue map[resource.Key]bool        // keys of this batch not yet written
+	// patientEHRID is the EHR's id of the patient ("" when not found).
+	patientEHRID string
+	patientErr   string
+}
+
+// result is one write's outcome.
+type result struct {
+	outcome    outbox.Outcome
+	status     int
+	ehrID      string
+	ehrVersion string
+	hash       []byte
+	version    int64
+	errMsg     string
+	opOut      []byte
+	retryAfter time.Duration
+	request    string
+	deferred   []resource.Key
+}
+
+// push writes one patient's batch and finishes every item in it. An auth
+// failure releases what is left and returns ErrAuthFailed; an unreachable
+// EHR retries the item, releases the rest and pauses the worker.
+func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
+	items := slices.Clone(b.Items)
+	slices.SortStableFunc(items, func(a, c outbox.Item) int {
+		if d := typeOrder(a.ResourceType) - typeOrder(c.ResourceType); d != 0 {
+			return d
+		}
+		return int(a.Seq - c.Seq)
+	})
+	bt := &batch{w: w, b: b, links: map[resource.Key]outbox.Item{}, queue: map[resource.Key]bool{}}
+	for _, it := range items {
+		k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
+		bt.links[k] = it
+		bt.queue[k] = true
+	}
+	results := map[int64]result{}
+	var stop error
+	finish := func() int {
+		n := 0
+		for _, it := range items {
+			r, ok := results[it.ID]
+			if !ok {
+				r = result{outcome: outbox.Release}
+			}
+			if err := w.finish(ctx, it, r); err != nil {
+				w.log.Warn("finishing a sync item failed", "item", it.ID, "error", err)
+				continue
+			}
+			if r.outcome != outbox.Release {
+				n++
+			}
+		}
+		return n
+	}
+	if err := bt.resolvePatient(ctx); err != nil {
+		if isAuth(err) {
+			return finish(), w.authFailed(ctx, err)
+		}
+		w.pause(w.o.Now().Add(w.backoff(1, 0)))
+		return finish(), nil
+	}
+
+	var again []outbox.Item
+	for _, it := range items {
+		r, err := bt.write(ctx, it)
+		if err != nil {
+			if isAuth(err) {
+				stop = w.authFailed(ctx, err)
+				break
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			// Unreachable: this item retries later, the rest go back as they were.
+			results[it.ID] = result{outcome: outbox.Retry, errMsg: err.Error(), retryAfter: w.backoff(it.Attempts+1, 0)}
+			w.pause(w.o.Now().Add(w.backoff(1, 0)))
+			break
+		}
+		results[it.ID] = r
+		if r.outcome == outbox.Sent && len(r.deferred) > 0 {
+			again = append(again, it)
+		}
+	}
+	// Second pass: resources written without references to what the EHR did
+	// not hold yet (the CarePlan ↔ Appointment cycle) are written again now
+	// that it does.
+	for _, it := range again {
+		if stop != nil || ctx.Err() != nil {
+			break
+		}
+		first := results[it.ID]
+		k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
+		l := bt.links[k]
+		l.EHRID, l.EHRVersion, l.SentHash = first.ehrID, first.ehrVersion, first.hash
+		bt.links[k] = l
+		r, err := bt.write(ctx, l)
+		switch {
+		case err != nil && isAuth(err):
+			stop = w.authFailed(ctx, err)
+		case err != nil:
+			first.outcome, first.errMsg, first.retryAfter = outbox.Retry, err.Error(), w.backoff(it.Attempts+1, 0)
+			results[it.ID] = first
+		default:
+			results[it.ID] = r
+		}
+	}
+	return finish(), stop
+}
+
+// authFailed marks the endpoint auth-failed and returns ErrAuthFailed.
+func (w *Worker) authFailed(ctx context.Context, err error) error {
+	w.log.Error("the EHR refused kapfhir's credentials; pausing the endpoint", "error", err)
+	if serr := w.o.Store.SetEndpointState(context.WithoutCancel(ctx), w.ep.ID, "auth-failed", err.Error(), w.o.Now()); serr != nil {
+		w.log.Error("recording auth failure", "error", serr)
+	}
+	return ErrAuthFailed
+}
+
+// finish records one item's result.
+func (w *Worker) finish(ctx context.Context, it outbox.Item, r result) error {
+	now := w.o.Now()
+	res := outbox.Result{
+		ItemID: it.ID, Owner: w.o.Owner, Outcome: r.outcome, Now: now,
+		SentVersion: r.version, SentHash: r.hash, EHRID: r.ehrID, EHRVersion: r.ehrVersion,
+		Status: r.status, Error: r.errMsg, OpOut: r.opOut, Request: r.request,
+	}
+	switch r.outcome {
+	case outbox.Retry:
+		res.RetryAt = now.Add(max(r.retryAfter, w.backoff(it.Attempts+1, 0)))
+	case outbox.Sent:
+		if len(r.deferred) > 0 {
+			// Written without some references: send again once they exist.
+			res.Outcome = outbox.Retry
+			res.RetryAt = now.Add(w.backoff(it.Attempts+1, 0))
+			res.Error = fmt.Sprintf("written without references to %d resource(s) the EHR does not hold yet", len(r.deferred))
+		}
+	}
+	if w.log.Enabled(ctx, -4) {
+		w.log.Debug("sync item finished", "item", it.ID, "type", it.ResourceType, "outcome", string(res.Outcome), "status", r.status)
+	}
+	return w.o.Store.Finish(context.WithoutCancel(ctx), res)
+}
+
+// resolvePatient finds the patient in the EHR: through the crosswalk when
+// kapfhir pushed it, else by the endpoint's patient identifier system.
+func (bt *batch) resolvePatient(ctx context.Context) error {
+	w := bt.w
+	pk := resource.Key{Type: "Patient", ID: bt.b.PatientID}
+	if l, ok := bt.links[pk]; ok && l.EHRID != "" {
+		bt.patientEHRID = l.EHRID
+		return nil
+	}
+	if ls, err := w.o.Store.Links(ctx, w.ep.ID, []resource.Key{pk}); err == nil {
+		if l, ok := ls[pk]; ok && l.EHRID != "" {
+			bt.patientEHRID = l.EHRID
+			return nil
+		}
+	}
+	v, err := w.o.Store.Read(ctx, "Patient", bt.b.PatientID)
+	if err != nil {
+		bt.patientErr = "the patient is not in kapfhir's store"
+		return nil
+	}
+	cr, err := fhirjson.Unmarshal(v.JSON)
+	if err != nil {
+		return fmt.Errorf("patient %s: %w", bt.b.PatientID, err)
+	}
+	values := outbound.Identifiers(cr, w.ep.PatientIdentifierSystem)
+	if len(values) == 0 {
+		bt.patientErr = "the patient has no identifier in " + w.ep.PatientIdentifierSystem
+		return nil
+	}
+	ids, err := bt.searchIDs(ctx, "Patient", w.ep.PatientIdentifierSystem+"|"+values[0])
+	if err != nil {
+		return err
+	}
+	switch len(ids) {
+	case 1:
+		bt.patientEHRID = ids[0]
+	case 0:
+		bt.patientErr = "the EHR has no patient with this patient's identifier in " + w.ep.PatientIdentifierSystem
+	default:
+		bt.patientErr = fmt.Sprintf("the EHR has %d patients with this patient's identifier in %s (duplicate: reconcile in the EHR)", len(ids), w.ep.PatientIdentifierSystem)
+	}
+	return nil
+}
+
+// resolver maps references for outbound.Prepare.
+func (bt *batch) resolver(ctx context.Context) outbound.Resolver {
+	return func(k resource.Key) (string, outbound.Target) {
+		if k.Type == "Patient" && k.ID == bt.b.PatientID && bt.patientEHRID != "" {
+			return bt.patientEHRID, outbound.Resolved
+		}
+		if l, ok := bt.links[k]; ok && l.EHRID != "" {
+			return l.EHRID, outbound.Resolved
+		}
+		if !bt.w.ep.Pushes(k.Type) && k.Type != "Patient" {
+			return "", outbound.Never
+		}
+		if bt.queue[k] {
+			return "", outbound.Later
+		}
+		ls, err := bt.w.o.Store.Links(ctx, bt.w.ep.ID, []resource.Key{k})
+		if err == nil {
+			if l, ok := ls[k]; ok {
+				bt.links[k] = l
+				if l.EHRID != "" {
+					return l.EHRID, outbound.Resolved
+				}
+			}
+		}
+		return "", outbound.Later
+	}
+}
+
+// write sends one item's current version and reports the outcome. It
+// returns an error only when the EHR is unreachable or refuses the
+// credentials (or ctx ends).
+func (bt *batch) write(ctx context.Context, it outbox.Item) (result, error) {
+	w := bt.w
+	k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
+	delete(bt.queue, k)
+	v, err := w.o.Store.Read(ctx, it.ResourceType, it.ResourceID)
+	if treatment.ErrorKind(err) == treatment.KindNotFound {
+		// Deleted or never stored: nothing to send.
+		return result{outcome: outbox.Unchanged, version: it.WantVersion, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: it.SentHash}, nil
+	}
+	if err != nil {
+		return result{}, fmt.Errorf("read %s: %w", k.Ref(), err)
+	}
+	if k.Type == "Patient" && !w.ep.CreatePatients {
+		return result{outcome: outbox.Reject, version: v.VersionID, errMsg: "creating patients in this EHR is not enabled (createPatients)"}, nil
+	}
+	if bt.patientErr != "" && k.Type != "Patient" {
+		return result{outcome: outbox.Retry, version: v.VersionID, errMsg: bt.patientErr}, nil
+	}
+	caps, err := w.capabilities(ctx)
+	if err != nil {
+		return result{}, err
+	}
+	rc := caps.Resources[k.Type]
+	prep := func(ehrID string) (outbound.Prepared, error) {
+		return outbound.Prepare(v.JSON, w.o.IdentifierSystem, ehrID, bt.resolver(ctx))
+	}
+
+	var r result
+	if rc.ConditionalUpdate && caps.Supports(k.Type, "update") {
+		r, err = bt.conditionalUpdate(ctx, it, prep)
+	} else {
+		r, err = bt.byID(ctx, it, rc, prep)
+	}
+	if err != nil {
+		return r, err
+	}
+	r.version = v.VersionID
+	if r.outcome == outbox.Sent || r.outcome == outbox.Unchanged {
+		l := bt.links[k]
+		l.EHRID, l.EHRVersion = r.ehrID, r.ehrVersion
+		bt.links[k] = l
+		if k.Type == "Patient" && k.ID == bt.b.PatientID && r.ehrID != "" {
+			bt.patientEHRID, bt.patientErr = r.ehrID, ""
+		}
+	}
+	return r, nil
+}
+
+type prepFunc func(ehrID string) (outbound.Prepared, error)
+
+// conditionalUpdate writes with PUT Type?identifier=system|value.
+func (bt *batch) conditionalUpdate(ctx context.Context, it outbox.Item, prep prepFunc) (result, error) {
+	p, r, ok := bt.prepare(it, "", prep)
+	if !ok {
+		return r, nil
+	}
+	if bytes.Equal(p.Hash, it.SentHash) && it.EHRID != "" && it.SentVersion > 0 {
+		return result{outcome: outbox.Unchanged, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: p.Hash}, nil
+	}
+	path := it.ResourceType + "?" + identifierQuery(p.Identifier)
+	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPut, Path: path, Body: p.Body, Idempotent: true})
+	if err != nil {
+		return result{}, err
+	}
+	r = bt.classify(it, resp, p, pathOnly(http.MethodPut, path))
+	if resp.Status == http.StatusPreconditionFailed {
+		r.outcome = outbox.Reject
+		r.errMsg = "the EHR holds several " + it.ResourceType + " resources with kapfhir's identifier (duplicate: reconcile)"
+	}
+	return r, nil
+}
+
+// byID writes by the EHR's id (found in the crosswalk or by a search), or
+// creates the resource when the EHR has none.
+func (bt *batch) byID(ctx context.Context, it outbox.Item, rc ehrclient.ResourceCapabilities, prep prepFunc) (result, error) {
+	w := bt.w
+	ehrID, ehrVersion := it.EHRID, it.EHRVersion
+	ident := w.o.IdentifierSystem + "|" + it.ResourceID
+	for replans := 0; ; replans++ {
+		if ehrID == "" {
+			ids, err := bt.searchIDs(ctx, it.ResourceType, ident)
+			if err != nil {
+				return result{}, err
+			}
+			if len(ids) > 1 {
+				return result{outcome: outbox.Reject, errMsg: fmt.Sprintf("the EHR holds %d %s resources with kapfhir's identifier (duplicate: reconcile)", len(ids), it.ResourceType)}, nil
+			}
+			if len(ids) == 1 {
+				ehrID, ehrVersion = ids[0], ""
+			}
+		}
+		if ehrID == "" {
+			return bt.create(ctx, it, rc, prep)
+		}
+		p, r, ok := bt.prepare(it, ehrID, prep)
+		if !ok {
+			return r, nil
+		}
+		if bytes.Equal(p.Hash, it.SentHash) && ehrID == it.EHRID && it.SentVersion > 0 {
+			return result{outcome: outbox.Unchanged, ehrID: ehrID, ehrVersion: ehrVersion, hash: p.Hash}, nil
+		}
+		hdr := http.Header{}
+		if ehrVersion != "" {
+			hdr.Set("If-Match", `W/"`+ehrVersion+`"`)
+		}
+		path := it.ResourceType + "/" + ehrID
+		resp, err := w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPut, Path: path, Body: p.Body, Header: hdr, Idempotent: true})
+		if err != nil {
+			return result{}, err
+		}
+		switch {
+		case (resp.Status == http.StatusPreconditionFailed || resp.Status == http.StatusConflict) && replans == 0:
+			// Someone else changed it: re-read its version and write again, once.
+			rr, err := w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodGet, Path: path, Idempotent: true})
+			if err != nil {
+				return result{}, err
+			}
+			if rr.Status == http.StatusOK {
+				ehrVersion = rr.VersionID
+			} else {
+				ehrID, ehrVersion = "", ""
+			}
+			continue
+		case (resp.Status == http.StatusNotFound || resp.Status == http.StatusGone) && replans == 0:
+			// Deleted in the EHR: find it again by identifier, or create it.
+			ehrID, ehrVersion = "", ""
+			continue
+		}
+		r = bt.classify(it, resp, p, pathOnly(http.MethodPut, path))
+		if r.ehrID == "" && success(resp.Status) {
+			r.ehrID = ehrID
+		}
+		return r, nil
+	}
+}
+
+// create posts a new resource, with If-None-Exist when the EHR supports it
+// (then it is safe to retry; a plain POST is never retried blindly).
+func (bt *batch) create(ctx context.Context, it outbox.Item, rc ehrclient.ResourceCapabilities, prep prepFunc) (result, error) {
+	p, r, ok := bt.prepare(it, "", prep)
+	if !ok {
+		return r, nil
+	}
+	hdr := http.Header{}
+	if rc.ConditionalCreate {
+		hdr.Set("If-None-Exist", identifierQuery(p.Identifier))
+	}
+	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPost, Path: it.ResourceType, Body: p.Body, Header: hdr, Idempotent: rc.ConditionalCreate})
+	if err != nil {
+		return result{}, err
+	}
+	return bt.classify(it, resp, p, pathOnly(http.MethodPost, it.ResourceType)), nil
+}
+
+// prepare builds the body; ok is false when it cannot be sent (the result says why).
+func (bt *batch) prepare(it outbox.Item, ehrID string, prep prepFunc) (outbound.Prepared, result, bool) {
+	p, err := prep(ehrID)
+	if err != nil {
+		return p, result{outcome: outbox.Reject, errMsg: "kapfhir could not prepare the resource: " + err.Error()}, false
+	}
+	if p.MissingPatient != nil {
+		msg := bt.patientErr
+		if msg == "" {
+			msg = "the patient is not resolved in the EHR"
+		}
+		return p, result{outcome: outbox.Retry, errMsg: msg}, false
+	}
+	return p, result{}, true
+}
+
+// classify turns the EHR's answer into an outcome.
+func (bt *batch) classify(it outbox.Item, resp *ehrclient.Response, p outbound.Prepared, req string) result {
+	r := result{status: resp.Status, request: req, hash: p.Hash, deferred: p.Deferred}
+	switch {
+	case success(resp.Status):
+		r.outcome = outbox.Sent
+		r.ehrID = ehrIDFrom(it.ResourceType, resp)
+		if r.ehrID == "" {
+			if cr, err := fhirjson.Unmarshal(resp.Body); err == nil {
+				if k, err := outbound.Identify(cr); err == nil {
+					r.ehrID = k.ID
+				}
+			}
+		}
+		r.ehrVersion = resp.VersionID
+	case resp.Status == http.StatusBadRequest || resp.Status == http.StatusUnprocessableEntity ||
+		resp.Status == http.StatusForbidden || resp.Status == http.StatusNotFound || resp.Status == http.StatusMethodNotAllowed:
+		r.outcome = outbox.Reject
+		r.opOut = resp.Body
+		r.errMsg = fmt.Sprintf("the EHR rejected the %s (%d)", it.ResourceType, resp.Status)
+	default:
+		r.outcome = outbox.Retry
+		r.opOut = resp.Body
+		r.retryAfter = resp.RetryAfter
+		r.errMsg = fmt.Sprintf("the EHR answered %d", resp.Status)
+	}
+	if r.outcome != outbox.Sent {
+		r.deferred = nil
+	}
+	return r
+}
+
+// searchIDs returns the EHR's ids of typ resources with identifier ident.
+func (bt *batch) searchIDs(ctx context.Context, typ, ident string) ([]string, error) {
+	path := typ + "?" + identifierQuery(ident)
+	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodGet, Path: path, Idempotent: true})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Status != http.StatusOK {
+		return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: fmt.Sprintf("search %s by identifier: the EHR answered %d", typ, resp.Status)}
+	}
+	cr, err := fhirjson.Unmarshal(resp.Body)
+	if err != nil {
+		return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: "search " + typ + " by identifier: the answer is not a valid Bundle", Err: err}
+	}
+	var ids []string
+	for _, e := range cr.GetBundle().GetEntry() {
+		if m := e.GetSearch().GetMode(); m != nil && m.GetValue().String() != "MATCH" {
+			continue
+		}
+		k, err := outbound.Identify(e.GetResource())
+		if err == nil && k.Type == typ {
+			ids = append(ids, k.ID)
+		}
+	}
+	return ids, nil
+}
