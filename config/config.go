@@ -37,6 +37,8 @@ type Config struct {
 	Protocols Protocols `yaml:"protocols"`
 	HTTP      HTTP      `yaml:"http"`
 	Log       Log       `yaml:"log"`
+	// Endpoints are EHRs to keep in sync (more can be added through the API).
+	Endpoints Endpoints `yaml:"endpoints,omitempty"`
 }
 
 // Store selects and configures the persistence implementation.
@@ -140,6 +142,7 @@ func Load(path string, lookup LookupFunc) (Config, error) {
 	}
 	var probs Problems
 	applyEnv(&cfg, lookup, &probs)
+	applyEndpointEnv(&cfg, lookup)
 	probs = append(probs, cfg.Validate()...)
 	if len(probs) > 0 {
 		return cfg, probs
@@ -342,6 +345,7 @@ func (c Config) Validate() Problems {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		p.add("log.format", "must be text or json")
 	}
+	c.validateEndpoints(&p)
 	return p
 }
 
@@ -386,6 +390,11 @@ func (c Config) SQLitePath() string {
 // Dump renders the configuration as YAML with secrets redacted.
 func (c Config) Dump() string {
 	c.Store.PostgresURL = redactURL(c.Store.PostgresURL)
+	eps := make(Endpoints, len(c.Endpoints))
+	for i, e := range c.Endpoints {
+		eps[i] = e.Redacted()
+	}
+	c.Endpoints = eps
 	b, err := yaml.Marshal(c)
 	if err != nil {
 		return fmt.Sprintf("config: %v", err)

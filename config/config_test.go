@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,5 +135,55 @@ func TestPostgresNeedsURLAndDumpRedacts(t *testing.T) {
 	dump := cfg.Dump()
 	if strings.Contains(dump, "s3cret") || !strings.Contains(dump, "REDACTED") {
 		t.Errorf("Dump leaks or does not redact the password:\n%s", dump)
+	}
+}
+
+func TestEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "kapfhir.yaml")
+	file := `endpoints:
+  - id: main-ehr
+    name: Main EHR
+    fhirBaseUrl: http://127.0.0.1:8103/fhir/R4
+    auth: {type: client-secret, clientId: kapfhir}
+    patientIdentifierSystem: https://clinic.example/mrn
+    retry: {maxBackoff: 1m}
+  - id: main-ehr
+    name: Twin
+    fhirBaseUrl: http://169.254.169.254/
+    auth: {type: bearer}
+    patientIdentifierSystem: x
+    concurrency: 0
+`
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"KAPFHIR_ENDPOINT_MAIN_EHR_CLIENT_SECRET": "s3cret"}
+	cfg, err := Load(path, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	var probs Problems
+	if !errors.As(err, &probs) {
+		t.Fatalf("Load: %v", err)
+	}
+	var keys []string
+	for _, p := range probs {
+		keys = append(keys, p.Key)
+	}
+	want := []string{"endpoints[1].id", "endpoints[1].fhirBaseUrl", "endpoints[1].auth.token", "endpoints[1].patientIdentifierSystem", "endpoints[1].concurrency"}
+	if diff := cmp.Diff(want, keys); diff != "" {
+		t.Errorf("problems (-want +got):\n%s\n%v", diff, err)
+	}
+	e := cfg.Endpoints[0]
+	if e.Auth.ClientSecret != "s3cret" || e.Retry.MaxBackoff.D() != time.Minute || e.Concurrency != 4 || !e.Enabled {
+		t.Errorf("endpoint decoded over defaults with the secret from the environment: %+v", e)
+	}
+	if strings.Contains(cfg.Dump(), "s3cret") {
+		t.Errorf("Dump shows the endpoint secret")
+	}
+
+	if err := os.WriteFile(path, []byte("endpoints:\n  - id: x\n    colour: blue\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "colour") {
+		t.Errorf("unknown endpoint key: %v", err)
 	}
 }
