@@ -1,20 +1,34 @@
-package postgres
+package sqlstore
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
-func getPatient(ctx context.Context, q queryer, id string) (treatment.Patient, error) {
+// Domain implements store.DomainReader on Q. Aggregates are stored as JSON
+// rows, one a patient or programme, with side tables for the lookups.
+type Domain struct {
+	D *Dialect
+	Q Querier
+}
+
+// Writer implements the writes of store.Tx on Q, a transaction; it reads
+// through the same transaction.
+type Writer struct {
+	Domain
+}
+
+// NewWriter returns a Writer on the transaction q in dialect d.
+func NewWriter(d *Dialect, q Querier) Writer { return Writer{Domain{D: d, Q: q}} }
+
+// Patient implements store.DomainReader.
+func (r Domain) Patient(ctx context.Context, id string) (treatment.Patient, error) {
 	var b []byte
-	err := q.QueryRow(ctx, `SELECT json FROM patients WHERE id = $1`, id).Scan(&b)
-	if errors.Is(err, pgx.ErrNoRows) {
+	err := r.Q.QueryRow(ctx, r.D.Rebind(`SELECT json FROM patients WHERE id = ?`), id).Scan(&b)
+	if r.D.noRows(err) {
 		return treatment.Patient{}, treatment.NotFound("patient", id)
 	}
 	if err != nil {
@@ -27,10 +41,11 @@ func getPatient(ctx context.Context, q queryer, id string) (treatment.Patient, e
 	return p, nil
 }
 
-func getProgram(ctx context.Context, q queryer, id string) (treatment.Program, error) {
+// Program implements store.DomainReader.
+func (r Domain) Program(ctx context.Context, id string) (treatment.Program, error) {
 	var b []byte
-	err := q.QueryRow(ctx, `SELECT json FROM programs WHERE id = $1`, id).Scan(&b)
-	if errors.Is(err, pgx.ErrNoRows) {
+	err := r.Q.QueryRow(ctx, r.D.Rebind(`SELECT json FROM programs WHERE id = ?`), id).Scan(&b)
+	if r.D.noRows(err) {
 		return treatment.Program{}, treatment.NotFound("programme", id)
 	}
 	if err != nil {
@@ -47,11 +62,12 @@ func decodeProgram(id string, b []byte) (treatment.Program, error) {
 	return p, nil
 }
 
-func getProgramBySession(ctx context.Context, q queryer, sessionID string) (treatment.Program, error) {
+// ProgramBySession implements store.DomainReader.
+func (r Domain) ProgramBySession(ctx context.Context, sessionID string) (treatment.Program, error) {
 	var id string
 	var b []byte
-	err := q.QueryRow(ctx, `SELECT p.id, p.json FROM sessions s JOIN programs p ON p.id = s.program_id WHERE s.id = $1`, sessionID).Scan(&id, &b)
-	if errors.Is(err, pgx.ErrNoRows) {
+	err := r.Q.QueryRow(ctx, r.D.Rebind(`SELECT p.id, p.json FROM sessions s JOIN programs p ON p.id = s.program_id WHERE s.id = ?`), sessionID).Scan(&id, &b)
+	if r.D.noRows(err) {
 		return treatment.Program{}, treatment.NotFound("session", sessionID)
 	}
 	if err != nil {
@@ -60,8 +76,9 @@ func getProgramBySession(ctx context.Context, q queryer, sessionID string) (trea
 	return decodeProgram(id, b)
 }
 
-func getProgramsByPatient(ctx context.Context, q queryer, patientID string) ([]treatment.Program, error) {
-	rows, err := q.Query(ctx, `SELECT id, json FROM programs WHERE patient_id = $1 ORDER BY created, id`, patientID)
+// ProgramsByPatient implements store.DomainReader.
+func (r Domain) ProgramsByPatient(ctx context.Context, patientID string) ([]treatment.Program, error) {
+	rows, err := r.Q.Query(ctx, r.D.Rebind(`SELECT id, json FROM programs WHERE patient_id = ? ORDER BY created, id`), patientID)
 	if err != nil {
 		return nil, fmt.Errorf("read programmes of patient %s: %w", patientID, err)
 	}
@@ -86,30 +103,30 @@ func getProgramsByPatient(ctx context.Context, q queryer, patientID string) ([]t
 }
 
 // CreatePatient implements store.Tx.
-func (tx *Tx) CreatePatient(ctx context.Context, p treatment.Patient) error {
+func (w Writer) CreatePatient(ctx context.Context, p treatment.Patient) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("encode patient %s: %w", p.ID, err)
 	}
 	for _, ident := range p.Identifiers {
 		var other string
-		err := tx.q.QueryRow(ctx, `SELECT patient_id FROM patient_identifiers WHERE system = $1 AND value = $2`, ident.System, ident.Value).Scan(&other)
+		err := w.Q.QueryRow(ctx, w.D.Rebind(`SELECT patient_id FROM patient_identifiers WHERE system = ? AND value = ?`), ident.System, ident.Value).Scan(&other)
 		if err == nil {
 			return treatment.Errorf(treatment.KindConflict, "patient %s already has identifier in system %s", other, ident.System)
 		}
-		if !errors.Is(err, pgx.ErrNoRows) {
+		if !w.D.noRows(err) {
 			return fmt.Errorf("create patient %s: %w", p.ID, err)
 		}
 	}
-	if _, err := tx.q.Exec(ctx, `INSERT INTO patients (id, json) VALUES ($1, $2)`, p.ID, b); err != nil {
-		if isUnique(err) {
+	if _, err := w.Q.Exec(ctx, w.D.Rebind(`INSERT INTO patients (id, json) VALUES (?, ?)`), p.ID, b); err != nil {
+		if w.D.unique(err) {
 			return treatment.Errorf(treatment.KindConflict, "patient %q already exists", p.ID)
 		}
 		return fmt.Errorf("create patient %s: %w", p.ID, err)
 	}
 	for _, ident := range p.Identifiers {
-		if _, err := tx.q.Exec(ctx, `INSERT INTO patient_identifiers (system, value, patient_id) VALUES ($1, $2, $3)`, ident.System, ident.Value, p.ID); err != nil {
-			if isUnique(err) {
+		if _, err := w.Q.Exec(ctx, w.D.Rebind(`INSERT INTO patient_identifiers (system, value, patient_id) VALUES (?, ?, ?)`), ident.System, ident.Value, p.ID); err != nil {
+			if w.D.unique(err) {
 				return treatment.Errorf(treatment.KindConflict, "patient %q repeats an identifier in system %s", p.ID, ident.System)
 			}
 			return fmt.Errorf("create patient %s: identifier: %w", p.ID, err)
@@ -119,12 +136,12 @@ func (tx *Tx) CreatePatient(ctx context.Context, p treatment.Patient) error {
 }
 
 // CreateProgram implements store.Tx.
-func (tx *Tx) CreateProgram(ctx context.Context, p treatment.Program) error {
+func (w Writer) CreateProgram(ctx context.Context, p treatment.Program) error {
 	if p.Version != 1 {
 		return treatment.Errorf(treatment.KindInvalid, "new programme %q must have version 1, not %d", p.ID, p.Version)
 	}
 	var n int
-	if err := tx.q.QueryRow(ctx, `SELECT COUNT(*) FROM patients WHERE id = $1`, p.PatientID).Scan(&n); err != nil {
+	if err := w.Q.QueryRow(ctx, w.D.Rebind(`SELECT COUNT(*) FROM patients WHERE id = ?`), p.PatientID).Scan(&n); err != nil {
 		return fmt.Errorf("create programme %s: %w", p.ID, err)
 	}
 	if n == 0 {
@@ -134,34 +151,34 @@ func (tx *Tx) CreateProgram(ctx context.Context, p treatment.Program) error {
 	if err != nil {
 		return fmt.Errorf("encode programme %s: %w", p.ID, err)
 	}
-	_, err = tx.q.Exec(ctx, `INSERT INTO programs (id, patient_id, version, created, json) VALUES ($1, $2, $3, $4, $5)`,
+	_, err = w.Q.Exec(ctx, w.D.Rebind(`INSERT INTO programs (id, patient_id, version, created, json) VALUES (?, ?, ?, ?, ?)`),
 		p.ID, p.PatientID, p.Version, p.Created.UnixMicro(), b)
 	if err != nil {
-		if isUnique(err) {
+		if w.D.unique(err) {
 			return treatment.Errorf(treatment.KindConflict, "programme %q already exists", p.ID)
 		}
 		return fmt.Errorf("create programme %s: %w", p.ID, err)
 	}
-	return tx.writeSessions(ctx, p)
+	return w.writeSessions(ctx, p)
 }
 
 // UpdateProgram implements store.Tx.
-func (tx *Tx) UpdateProgram(ctx context.Context, p treatment.Program) error {
+func (w Writer) UpdateProgram(ctx context.Context, p treatment.Program) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("encode programme %s: %w", p.ID, err)
 	}
-	res, err := tx.q.Exec(ctx, `UPDATE programs SET version = $1, json = $2 WHERE id = $3 AND version = $4`, p.Version, b, p.ID, p.Version-1)
+	n, err := w.Q.Exec(ctx, w.D.Rebind(`UPDATE programs SET version = ?, json = ? WHERE id = ? AND version = ?`), p.Version, b, p.ID, p.Version-1)
 	if err != nil {
-		if conflictCode(err) {
+		if w.D.conflict(err) {
 			return treatment.Errorf(treatment.KindConflict, "programme %q changed concurrently", p.ID)
 		}
 		return fmt.Errorf("update programme %s: %w", p.ID, err)
 	}
-	if res.RowsAffected() == 0 {
+	if n == 0 {
 		var cur int64
-		err := tx.q.QueryRow(ctx, `SELECT version FROM programs WHERE id = $1`, p.ID).Scan(&cur)
-		if errors.Is(err, pgx.ErrNoRows) {
+		err := w.Q.QueryRow(ctx, w.D.Rebind(`SELECT version FROM programs WHERE id = ?`), p.ID).Scan(&cur)
+		if w.D.noRows(err) {
 			return treatment.NotFound("programme", p.ID)
 		}
 		if err != nil {
@@ -169,17 +186,17 @@ func (tx *Tx) UpdateProgram(ctx context.Context, p treatment.Program) error {
 		}
 		return treatment.Errorf(treatment.KindConflict, "programme %q is at version %d, not %d", p.ID, cur, p.Version-1)
 	}
-	if _, err := tx.q.Exec(ctx, `DELETE FROM sessions WHERE program_id = $1`, p.ID); err != nil {
+	if _, err := w.Q.Exec(ctx, w.D.Rebind(`DELETE FROM sessions WHERE program_id = ?`), p.ID); err != nil {
 		return fmt.Errorf("update programme %s: sessions: %w", p.ID, err)
 	}
-	return tx.writeSessions(ctx, p)
+	return w.writeSessions(ctx, p)
 }
 
 // writeSessions records which programme holds each session.
-func (tx *Tx) writeSessions(ctx context.Context, p treatment.Program) error {
+func (w Writer) writeSessions(ctx context.Context, p treatment.Program) error {
 	for _, s := range p.Sessions {
-		if _, err := tx.q.Exec(ctx, `INSERT INTO sessions (id, program_id) VALUES ($1, $2)`, s.ID, p.ID); err != nil {
-			if isUnique(err) {
+		if _, err := w.Q.Exec(ctx, w.D.Rebind(`INSERT INTO sessions (id, program_id) VALUES (?, ?)`), s.ID, p.ID); err != nil {
+			if w.D.unique(err) {
 				return treatment.Errorf(treatment.KindConflict, "session %q already belongs to a programme", s.ID)
 			}
 			return fmt.Errorf("programme %s: session %s: %w", p.ID, s.ID, err)
@@ -189,10 +206,10 @@ func (tx *Tx) writeSessions(ctx context.Context, p treatment.Program) error {
 }
 
 // Meta implements store.Tx.
-func (tx *Tx) Meta(ctx context.Context, key string) (string, error) {
+func (w Writer) Meta(ctx context.Context, key string) (string, error) {
 	var v string
-	err := tx.q.QueryRow(ctx, `SELECT value FROM meta WHERE key = $1`, key).Scan(&v)
-	if errors.Is(err, pgx.ErrNoRows) {
+	err := w.Q.QueryRow(ctx, w.D.Rebind(`SELECT value FROM meta WHERE key = ?`), key).Scan(&v)
+	if w.D.noRows(err) {
 		return "", nil
 	}
 	if err != nil {
@@ -202,8 +219,8 @@ func (tx *Tx) Meta(ctx context.Context, key string) (string, error) {
 }
 
 // SetMeta implements store.Tx.
-func (tx *Tx) SetMeta(ctx context.Context, key, value string) error {
-	if _, err := tx.q.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value); err != nil {
+func (w Writer) SetMeta(ctx context.Context, key, value string) error {
+	if _, err := w.Q.Exec(ctx, w.D.Rebind(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`), key, value); err != nil {
 		return fmt.Errorf("write meta %s: %w", key, err)
 	}
 	return nil
