@@ -72,12 +72,37 @@ func (b *builder) dateCond(lo, hi string, f resource.DateFilter) (string, error)
 }
 
 // filters adds the query's filters (everything but paging) to b.
+//
+// One index filter drives the search: it is written as a non-correlated
+// "r.id IN (SELECT ...)" so that the planner starts from that index (a
+// patient's references, an identifier) instead of probing every resource of
+// the type; the others are correlated EXISTS probes on the rows it yields.
+// The driver is the first reference filter, else an identifier token, else
+// the first token filter (ids, when given, drive by themselves).
 func (b *builder) filters(q resource.Query) error {
 	b.conds = append(b.conds, "r.type = "+b.arg(q.Type), b.d.Not("r.deleted"))
-	if len(q.IDs) > 0 {
+	driver := -1 // index into tokens (t) or refs (r), see below
+	driverRefs := false
+	switch {
+	case len(q.IDs) > 0:
 		b.conds = append(b.conds, b.in("r.id", q.IDs))
+	case len(q.Refs) > 0:
+		driver, driverRefs = 0, true
+	case len(q.Tokens) > 0:
+		driver = 0
+		for i, f := range q.Tokens {
+			if f.Param == "identifier" {
+				driver = i
+				break
+			}
+		}
 	}
-	for _, f := range q.Tokens {
+	for i, f := range q.Tokens {
+		drive := !driverRefs && i == driver
+		var typ string
+		if drive {
+			typ = b.arg(q.Type)
+		}
 		param := b.arg(f.Param)
 		var alts []string
 		for _, v := range f.Values {
@@ -95,11 +120,21 @@ func (b *builder) filters(q resource.Query) error {
 		if len(alts) == 0 {
 			alts = []string{b.d.False()}
 		}
-		b.conds = append(b.conds, "EXISTS (SELECT 1 FROM search_tokens t WHERE t.type = r.type AND t.id = r.id AND t.param = "+param+" AND ("+strings.Join(alts, " OR ")+"))")
+		match := "t.param = " + param + " AND (" + strings.Join(alts, " OR ") + ")"
+		if drive {
+			b.conds = append(b.conds, "r.id IN (SELECT t.id FROM search_tokens t WHERE t.type = "+typ+" AND "+match+")")
+		} else {
+			b.conds = append(b.conds, "EXISTS (SELECT 1 FROM search_tokens t WHERE t.type = r.type AND t.id = r.id AND "+match+")")
+		}
 	}
-	for _, f := range q.Refs {
+	for i, f := range q.Refs {
 		if len(f.Targets) == 0 {
 			b.conds = append(b.conds, b.d.False())
+			continue
+		}
+		if driverRefs && i == driver {
+			typ, param := b.arg(q.Type), b.arg(f.Param)
+			b.conds = append(b.conds, "r.id IN (SELECT s.id FROM search_refs s WHERE s.type = "+typ+" AND s.param = "+param+" AND "+b.in("s.target", f.Targets)+")")
 			continue
 		}
 		param := b.arg(f.Param)

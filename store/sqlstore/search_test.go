@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +96,40 @@ func TestRebind(t *testing.T) {
 	}
 	if got, want := numbered.Rebind(q), `INSERT INTO meta (key, value) VALUES ($1, $2)`; got != want {
 		t.Errorf("numbered Rebind = %q, want %q", got, want)
+	}
+}
+
+// TestBuildSearchDriver pins which filter drives a search: the first
+// reference filter, else an identifier token, else the first token.
+func TestBuildSearchDriver(t *testing.T) {
+	status := resource.TokenFilter{Param: "status", Values: []resource.TokenValue{{AnySystem: true, Code: "booked"}}}
+	ident := resource.TokenFilter{Param: "identifier", Values: []resource.TokenValue{{System: "urn:x", Code: "1"}}}
+	patient := resource.RefFilter{Param: "patient", Targets: []string{"Patient/p1"}}
+	for _, tt := range []struct {
+		name       string
+		q          resource.Query
+		in, exists []string
+	}{
+		{"reference drives", resource.Query{Type: "Appointment", Tokens: []resource.TokenFilter{status}, Refs: []resource.RefFilter{patient}},
+			[]string{"r.id IN (SELECT s.id FROM search_refs s"}, []string{"EXISTS (SELECT 1 FROM search_tokens"}},
+		{"identifier drives", resource.Query{Type: "Appointment", Tokens: []resource.TokenFilter{status, ident}},
+			[]string{"r.id IN (SELECT t.id FROM search_tokens t WHERE t.type = ? AND t.param = ? AND ((t.system"}, []string{"EXISTS (SELECT 1 FROM search_tokens t WHERE t.type = r.type AND t.id = r.id AND t.param = ? AND (t.code"}},
+		{"first token drives", resource.Query{Type: "Appointment", Tokens: []resource.TokenFilter{status}},
+			[]string{"r.id IN (SELECT t.id FROM search_tokens t"}, nil},
+	} {
+		s, err := BuildSearch(positional, tt.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tt.in {
+			if !strings.Contains(s.CountSQL, w) {
+				t.Errorf("%s: %q does not drive:\n%s", tt.name, w, s.CountSQL)
+			}
+		}
+		for _, w := range tt.exists {
+			if !strings.Contains(s.CountSQL, w) {
+				t.Errorf("%s: %q is not a probe:\n%s", tt.name, w, s.CountSQL)
+			}
+		}
 	}
 }
