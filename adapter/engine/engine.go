@@ -271,3 +271,23 @@ func typeOrder(typ string) int {
 	}
 	return len(endpoint.SyncableTypes)
 }
+
+// Strategy describes, in plain words, how the engine writes resources of
+// type typ to an EHR with these capabilities, or why it cannot.
+func Strategy(caps *ehrclient.Capabilities, typ string) (string, bool) {
+	rc, ok := caps.Resources[typ]
+	switch {
+	case !ok:
+		return "the EHR does not list " + typ + " in its CapabilityStatement: cannot write it", false
+	case rc.ConditionalUpdate && caps.Supports(typ, "update"):
+		return "conditional update (PUT " + typ + "?identifier=system|value): one idempotent request per change", true
+	case !caps.Supports(typ, "search-type"):
+		return "the EHR cannot search " + typ + " by identifier and has no conditional update: kapfhir cannot write it without risking duplicates", false
+	case !caps.Supports(typ, "create") || !caps.Supports(typ, "update"):
+		return "the EHR does not allow both create and update of " + typ + ": cannot keep it in sync", false
+	case rc.ConditionalCreate:
+		return "search by identifier, then create with If-None-Exist (safe to retry) or update by id with If-Match", true
+	default:
+		return "search by identifier, then create (a create is never retried blindly: the next attempt searches first) or update by id with If-Match", true
+	}
+}

@@ -264,6 +264,9 @@ func (bt *batch) write(ctx context.Context, it outbox.Item) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
+	if desc, ok := Strategy(caps, k.Type); !ok {
+		return result{outcome: outbox.Reject, version: v.VersionID, errMsg: desc}, nil
+	}
 	rc := caps.Resources[k.Type]
 	prep := func(ehrID string) (outbound.Prepared, error) {
 		return outbound.Prepare(v.JSON, w.o.IdentifierSystem, ehrID, bt.resolver(ctx))
