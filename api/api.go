@@ -27,7 +27,8 @@ type Service interface {
 
 // Handlers serve /api/v1.
 type Handlers struct {
-	svc Service
+	svc  Service
+	sync Sync
 	// FHIRBase, when set, is the absolute FHIR base used for links in responses.
 	fhirBase string
 }
@@ -48,6 +49,7 @@ func (h *Handlers) Register(g *echo.Group) {
 	g.POST("/programs/:id/boosters", h.addPlan)
 	g.PATCH("/sessions/:id", h.patchSession)
 	g.POST("/measurements", h.addMeasurement)
+	h.registerSync(g)
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)

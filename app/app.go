@@ -16,6 +16,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/mapping"
+	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
@@ -38,17 +39,21 @@ type Options struct {
 	Now              func() time.Time // default time.Now
 	NewID            func() string    // default random UUIDs
 	Logger           *slog.Logger
+	// Notify is called after a transaction that enqueued sync work commits
+	// (the sync engine wakes up). Optional.
+	Notify func()
 }
 
 // Service runs the use cases.
 type Service struct {
-	store store.Store
-	cat   Catalogue
-	cal   treatment.Calendar
-	opts  mapping.Options
-	now   func() time.Time
-	newID func() string
-	log   *slog.Logger
+	store  store.Store
+	cat    Catalogue
+	cal    treatment.Calendar
+	opts   mapping.Options
+	now    func() time.Time
+	newID  func() string
+	log    *slog.Logger
+	notify func()
 }
 
 // metaInstallation is the store meta key of the installation id.
@@ -59,13 +64,14 @@ const metaInstallation = "installation_id"
 // PlanDefinition (a new version only when a protocol changed).
 func New(ctx context.Context, o Options) (*Service, error) {
 	s := &Service{
-		store: o.Store,
-		cat:   o.Catalogue,
-		cal:   o.Calendar,
-		opts:  mapping.Options{IdentifierSystem: o.IdentifierSystem, CanonicalBase: o.CanonicalBase},
-		now:   o.Now,
-		newID: o.NewID,
-		log:   o.Logger,
+		store:  o.Store,
+		cat:    o.Catalogue,
+		cal:    o.Calendar,
+		opts:   mapping.Options{IdentifierSystem: o.IdentifierSystem, CanonicalBase: o.CanonicalBase},
+		now:    o.Now,
+		newID:  o.NewID,
+		log:    o.Logger,
+		notify: o.Notify,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -94,7 +100,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 			s.opts.IdentifierSystem = "urn:uuid:" + id
 		}
 		for _, p := range s.cat.All() {
-			if _, err := s.put(ctx, tx, mapping.PlanDefinition(p, s.opts)); err != nil {
+			if _, err := s.put(ctx, tx, mapping.PlanDefinition(p, s.opts), ""); err != nil {
 				return fmt.Errorf("publish protocol %s: %w", p.ID, err)
 			}
 		}
@@ -124,9 +130,11 @@ func (s *Service) Protocol(id string) (treatment.Protocol, error) {
 // timestamp is now, truncated to what FHIR instants and the stores keep.
 func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Millisecond) }
 
-// put stores a new version of r unless its content is unchanged. It reports
-// whether a version was written.
-func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource) (bool, error) {
+// put stores a new version of r unless its content is unchanged, and
+// enqueues the new version for every enabled EHR endpoint that takes its
+// type (patientID orders the sync; "" for resources that are not synced,
+// such as PlanDefinitions). It reports whether a version was written.
+func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource, patientID string) (bool, error) {
 	cur, oldHash, err := tx.CurrentVersion(ctx, r.Type, r.ID)
 	if err != nil {
 		return false, err
@@ -149,7 +157,37 @@ func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource) (boo
 	if err := tx.PutVersion(ctx, w); err != nil {
 		return false, err
 	}
+	if patientID == "" {
+		return true, nil
+	}
+	eps, err := tx.Endpoints(ctx)
+	if err != nil {
+		return false, err
+	}
+	var work []outbox.Work
+	for _, e := range eps {
+		if e.Enabled && e.Pushes(r.Type) {
+			work = append(work, outbox.Work{EndpointID: e.ID, ResourceType: r.Type, ResourceID: r.ID, PatientID: patientID, Version: cur + 1})
+		}
+	}
+	if len(work) > 0 {
+		if err := tx.Enqueue(ctx, work, now); err != nil {
+			return false, err
+		}
+	}
 	return true, nil
+}
+
+// inTx runs fn in one store transaction and, once it has committed, wakes
+// the sync engine: the work fn enqueued is durable from then on.
+func (s *Service) inTx(ctx context.Context, fn func(tx store.Tx) error) error {
+	if err := s.store.InTx(ctx, fn); err != nil {
+		return err
+	}
+	if s.notify != nil {
+		s.notify()
+	}
+	return nil
 }
 
 // putProgram re-maps a programme and stores the resources that changed.
@@ -159,7 +197,7 @@ func (s *Service) putProgram(ctx context.Context, tx store.Tx, prog treatment.Pr
 		return fmt.Errorf("map programme %s: %w", prog.ID, err)
 	}
 	for _, r := range rs {
-		if _, err := s.put(ctx, tx, r); err != nil {
+		if _, err := s.put(ctx, tx, r, prog.PatientID); err != nil {
 			return fmt.Errorf("store %s/%s: %w", r.Type, r.ID, err)
 		}
 	}

@@ -82,11 +82,11 @@ func (s *Service) CreatePatient(ctx context.Context, in PatientInput) (treatment
 		Created:     now,
 		Updated:     now,
 	}
-	err := s.store.InTx(ctx, func(tx store.Tx) error {
+	err := s.inTx(ctx, func(tx store.Tx) error {
 		if err := tx.CreatePatient(ctx, p); err != nil {
 			return err
 		}
-		_, err := s.put(ctx, tx, mapping.Patient(p, s.opts))
+		_, err := s.put(ctx, tx, mapping.Patient(p, s.opts), p.ID)
 		return err
 	})
 	if err != nil {

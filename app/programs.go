@@ -120,7 +120,7 @@ func (s *Service) CreateProgram(ctx context.Context, in ProgramInput) (treatment
 		Created:  now,
 		Updated:  now,
 	}
-	err = s.store.InTx(ctx, func(tx store.Tx) error {
+	err = s.inTx(ctx, func(tx store.Tx) error {
 		if _, err := tx.Patient(ctx, in.PatientID); err != nil {
 			if treatment.ErrorKind(err) == treatment.KindNotFound {
 				return treatment.Invalid("invalid programme", treatment.FieldError{Field: "patientId", Reason: "no patient has this id"})
@@ -156,7 +156,7 @@ func (s *Service) Programs(ctx context.Context, patientID string) ([]treatment.P
 // version, reassesses it and stores it with its changed FHIR resources.
 func (s *Service) update(ctx context.Context, load func(tx store.Tx) (treatment.Program, error), change func(prog *treatment.Program, cal treatment.Calendar) error) (treatment.Program, error) {
 	var out treatment.Program
-	err := s.store.InTx(ctx, func(tx store.Tx) error {
+	err := s.inTx(ctx, func(tx store.Tx) error {
 		prog, err := load(tx)
 		if err != nil {
 			return err
