@@ -24,7 +24,7 @@ const demoSystem = "https://kapfhir.org/fhir/sid/demo-mrn"
 // not used yet, added after an induction that lists it as a follow-on. It
 // prints each schedule and the URLs to pull it as FHIR.
 func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer) error {
-	svc, st, err := newService(ctx, cfg, log)
+	svc, st, err := newService(ctx, cfg, log, nil)
 	if err != nil {
 		return err
 	}

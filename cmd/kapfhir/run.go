@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/kapfhir/kapfhir/adapter"
 	"github.com/kapfhir/kapfhir/api"
 	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/catalogue"
@@ -155,7 +156,8 @@ func openStore(ctx context.Context, cfg config.Config) (store.Store, int, error)
 }
 
 // newService loads the catalogue and opens the store and application service.
-func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*app.Service, store.Store, error) {
+// notify, when set, is called after each change that enqueued sync work.
+func newService(ctx context.Context, cfg config.Config, log *slog.Logger, notify func()) (*app.Service, store.Store, error) {
 	cat, err := catalogue.Load(cfg.Protocols.Dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("protocol catalogue: %w", err)
@@ -174,13 +176,21 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*app.
 	svc, err := app.New(ctx, app.Options{
 		Store: st, Catalogue: cat, Calendar: cal,
 		IdentifierSystem: cfg.FHIR.IdentifierSystem, CanonicalBase: cfg.FHIR.CanonicalBase,
-		Logger: log,
+		Logger: log, Notify: notify,
 	})
 	if err != nil {
 		st.Close()
 		return nil, nil, err
 	}
 	return svc, st, nil
+}
+
+// newManager returns the sync manager for the store (not started).
+func newManager(cfg config.Config, svc *app.Service, st store.Store, log *slog.Logger) *adapter.Manager {
+	return adapter.New(adapter.Options{
+		Store: st, IdentifierSystem: svc.IdentifierSystem(), Configured: cfg.Endpoints,
+		Logger: log, UserAgent: "kapfhir/" + version,
+	})
 }
 
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
@@ -190,11 +200,21 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
-	svc, st, err := newService(ctx, cfg, log)
+	var mgr *adapter.Manager
+	svc, st, err := newService(ctx, cfg, log, func() {
+		if mgr != nil {
+			mgr.Notify()
+		}
+	})
 	if err != nil {
 		return err
 	}
 	defer st.Close() // the store closes last
+	mgr = newManager(cfg, svc, st, log)
+	if err := mgr.Start(ctx); err != nil {
+		return err
+	}
+	defer mgr.Stop() // workers stop before the store closes
 	fhirBase := ""
 	if cfg.BaseURL != "" {
 		fhirBase = strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir"
@@ -204,7 +224,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		return err
 	}
 	h := server.New(server.Options{
-		FHIR: fs, API: api.New(svc, fhirBase), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		FHIR: fs, API: api.New(svc, fhirBase).WithSync(mgr), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
 		Ready: func(ctx context.Context) error {
 			_, err := st.Patient(ctx, "readiness-probe")
 			return ignoreNotFound(err)
