@@ -54,6 +54,8 @@ type Options struct {
 	Transport http.RoundTripper
 	// Poll is the idle workers' polling interval (default 1s).
 	Poll time.Duration
+	// LeaseFor is how long a worker holds a batch (default: engine's).
+	LeaseFor time.Duration
 	// UserAgent is sent to EHRs.
 	UserAgent string
 }
@@ -187,7 +189,7 @@ func (m *Manager) restart(e endpoint.Stored) {
 	}
 	w := engine.New(engine.Options{
 		Endpoint: e.Endpoint, IdentifierSystem: m.o.IdentifierSystem, Store: m.o.Store, EHR: client,
-		Owner: m.o.Owner, Poll: m.o.Poll, Now: m.o.Now, Logger: m.log,
+		Owner: m.o.Owner, Poll: m.o.Poll, LeaseFor: m.o.LeaseFor, Now: m.o.Now, Logger: m.log,
 	})
 	ctx, cancel := context.WithCancel(m.ctx)
 	r := &running{cancel: cancel, done: make(chan struct{}), worker: w, client: client}

@@ -37,8 +37,19 @@ type Config struct {
 	Protocols Protocols `yaml:"protocols"`
 	HTTP      HTTP      `yaml:"http"`
 	Log       Log       `yaml:"log"`
+	Sync      Sync      `yaml:"sync"`
 	// Endpoints are EHRs to keep in sync (more can be added through the API).
 	Endpoints Endpoints `yaml:"endpoints,omitempty"`
+}
+
+// Sync tunes the sync engine.
+type Sync struct {
+	// LeaseFor is how long a worker holds a patient's queued items before
+	// another process may take them over (after a crash). Keep it well above
+	// the endpoints' request timeouts.
+	LeaseFor time.Duration `yaml:"leaseFor"`
+	// Poll is how often idle workers look for work that came due.
+	Poll time.Duration `yaml:"poll"`
 }
 
 // Store selects and configures the persistence implementation.
@@ -110,6 +121,7 @@ func Defaults() Config {
 			},
 		},
 		FHIR: FHIR{CanonicalBase: "https://kapfhir.org/fhir"},
+		Sync: Sync{LeaseFor: 2 * time.Minute, Poll: time.Second},
 		HTTP: HTTP{
 			MaxBodyBytes:      1 << 20,
 			ReadHeaderTimeout: 5 * time.Second,
@@ -195,6 +207,14 @@ var env = []struct {
 			return errors.New("must be a duration such as 15s")
 		}
 		c.HTTP.ShutdownTimeout = d
+		return nil
+	}},
+	{"KAPFHIR_SYNC_LEASE_FOR", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return errors.New("must be a duration such as 2m")
+		}
+		c.Sync.LeaseFor = d
 		return nil
 	}},
 	{"KAPFHIR_LOG_LEVEL", func(c *Config, v string) error { c.Log.Level = v; return nil }},
@@ -344,6 +364,12 @@ func (c Config) Validate() Problems {
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		p.add("log.format", "must be text or json")
+	}
+	if c.Sync.LeaseFor < time.Second || c.Sync.LeaseFor > time.Hour {
+		p.add("sync.leaseFor", "must be between 1s and 1h")
+	}
+	if c.Sync.Poll < 10*time.Millisecond || c.Sync.Poll > time.Minute {
+		p.add("sync.poll", "must be between 10ms and 1m")
 	}
 	c.validateEndpoints(&p)
 	return p

@@ -189,7 +189,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger, notify
 func newManager(cfg config.Config, svc *app.Service, st store.Store, log *slog.Logger) *adapter.Manager {
 	return adapter.New(adapter.Options{
 		Store: st, IdentifierSystem: svc.IdentifierSystem(), Configured: cfg.Endpoints,
-		Logger: log, UserAgent: "kapfhir/" + version,
+		Logger: log, UserAgent: "kapfhir/" + version, LeaseFor: cfg.Sync.LeaseFor, Poll: cfg.Sync.Poll,
 	})
 }
 
