@@ -13,6 +13,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/adapter/engine"
+	"github.com/kapfhir/kapfhir/adapter/pull"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/treatment"
@@ -33,6 +34,7 @@ type Store interface {
 	ReplayDead(ctx context.Context, endpointID, actor string, now time.Time) (int, error)
 	Discard(ctx context.Context, itemID int64, actor string, now time.Time) error
 	Log(ctx context.Context, endpointID string, beforeID int64, limit int) ([]outbox.Event, error)
+	pull.Store
 }
 
 // Options configures a Manager.
@@ -58,6 +60,9 @@ type Options struct {
 	LeaseFor time.Duration
 	// UserAgent is sent to EHRs.
 	UserAgent string
+	// Sessions applies appointment statuses pulled from EHRs (the
+	// application service); without it nothing is pulled.
+	Sessions pull.Sessions
 }
 
 // Manager runs the sync of every endpoint.
@@ -65,15 +70,17 @@ type Manager struct {
 	o   Options
 	log *slog.Logger
 
-	mu      sync.Mutex
-	ctx     context.Context // Start's context; nil before Start and after Stop
-	running map[string]*running
+	mu       sync.Mutex
+	ctx      context.Context // Start's context; nil before Start and after Stop
+	running  map[string]*running
+	progress chan struct{} // closed and replaced after every finished batch
 }
 
 type running struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	worker *engine.Worker
+	poller *pull.Poller // nil when pulling is off
 	client *ehrclient.Client
 }
 
@@ -91,7 +98,7 @@ func New(o Options) *Manager {
 		_, _ = rand.Read(b)
 		o.Owner = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), hex.EncodeToString(b))
 	}
-	return &Manager{o: o, log: o.Logger, running: map[string]*running{}}
+	return &Manager{o: o, log: o.Logger, running: map[string]*running{}, progress: make(chan struct{})}
 }
 
 // Start stores the configured endpoints and starts a worker for every
@@ -190,16 +197,48 @@ func (m *Manager) restart(e endpoint.Stored) {
 	w := engine.New(engine.Options{
 		Endpoint: e.Endpoint, IdentifierSystem: m.o.IdentifierSystem, Store: m.o.Store, EHR: client,
 		Owner: m.o.Owner, Poll: m.o.Poll, LeaseFor: m.o.LeaseFor, Now: m.o.Now, Logger: m.log,
+		OnBatch: m.advance,
 	})
 	ctx, cancel := context.WithCancel(m.ctx)
 	r := &running{cancel: cancel, done: make(chan struct{}), worker: w, client: client}
+	if e.Pull.Enabled && m.o.Sessions != nil {
+		r.poller = pull.New(pull.Options{
+			Endpoint: e.Endpoint, IdentifierSystem: m.o.IdentifierSystem, Store: m.o.Store,
+			Sessions: m.o.Sessions, EHR: client, Now: m.o.Now, Logger: m.log,
+		})
+	}
 	m.running[e.ID] = r
 	go func() {
 		defer close(r.done)
+		var wg sync.WaitGroup
+		if r.poller != nil {
+			wg.Go(func() { _ = r.poller.Run(ctx) })
+		}
 		if err := w.Run(ctx); err != nil {
 			m.log.Error("endpoint worker stopped", "endpoint", e.ID, "error", err)
 		}
+		cancel()
+		wg.Wait()
 	}()
+}
+
+// PullNow polls the endpoint's EHR for appointment changes at once and
+// returns how many it applied.
+func (m *Manager) PullNow(ctx context.Context, id string) (int, error) {
+	e, err := m.o.Store.Endpoint(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if !e.Pull.Enabled || m.o.Sessions == nil {
+		return 0, treatment.Errorf(treatment.KindConflict, "pulling is not enabled for endpoint %q", id)
+	}
+	m.mu.Lock()
+	r := m.running[id]
+	m.mu.Unlock()
+	if r == nil || r.poller == nil {
+		return 0, treatment.Errorf(treatment.KindUnavailable, "endpoint %q is not running (disabled or auth-failed)", id)
+	}
+	return r.poller.Once(ctx)
 }
 
 func (m *Manager) stop(id string) {
@@ -342,6 +381,41 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	return Status{Endpoint: e, Running: m.Running(id), Queue: q, Budget: m.budget(id)}, nil
 }
 
+// advance wakes WaitDrained callers.
+func (m *Manager) advance() {
+	m.mu.Lock()
+	close(m.progress)
+	m.progress = make(chan struct{})
+	m.mu.Unlock()
+}
+
+// WaitDrained waits until the endpoint has nothing pending, retrying or in
+// flight (dead items do not count), or ctx ends; it returns the last status
+// and whether the queue drained.
+func (m *Manager) WaitDrained(ctx context.Context, id string) (Status, bool, error) {
+	for {
+		m.mu.Lock()
+		progress := m.progress
+		m.mu.Unlock()
+		s, err := m.Status(ctx, id)
+		if err != nil {
+			return s, false, err
+		}
+		if s.Queue.ByState[outbox.Pending]+s.Queue.ByState[outbox.Retrying]+s.Queue.ByState[outbox.InFlight] == 0 {
+			return s, true, nil
+		}
+		t := time.NewTimer(time.Second) // retries come due without progress
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return s, false, nil
+		case <-progress:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
 // Backfill queues the current version of everything the endpoint takes.
 func (m *Manager) Backfill(ctx context.Context, id string) (int, error) {
 	e, err := m.o.Store.Endpoint(ctx, id)
@@ -398,4 +472,3 @@ func (m *Manager) Discard(ctx context.Context, id int64, actor string) error {
 func (m *Manager) Log(ctx context.Context, endpointID string, beforeID int64, limit int) ([]outbox.Event, error) {
 	return m.o.Store.Log(ctx, endpointID, beforeID, limit)
 }
-

@@ -26,7 +26,9 @@ type Sync interface {
 	DeleteEndpoint(ctx context.Context, id string) error
 	Test(ctx context.Context, id string) (adapter.Report, error)
 	Status(ctx context.Context, id string) (adapter.Status, error)
+	WaitDrained(ctx context.Context, id string) (adapter.Status, bool, error)
 	Backfill(ctx context.Context, id string) (int, error)
+	PullNow(ctx context.Context, id string) (int, error)
 	Items(ctx context.Context, f outbox.Filter) ([]outbox.Item, error)
 	Item(ctx context.Context, id int64) (outbox.Item, error)
 	Replay(ctx context.Context, id int64, actor string) error
@@ -54,6 +56,7 @@ func (h *Handlers) registerSync(g *echo.Group) {
 	g.GET("/endpoints/:id/status", h.endpointStatus)
 	g.POST("/endpoints/:id/replay-dead", h.replayDead)
 	g.POST("/endpoints/:id/backfill", h.backfill)
+	g.POST("/endpoints/:id/pull", h.pullNow)
 	g.GET("/sync/items", h.listItems)
 	g.GET("/sync/items/:id", h.getItem)
 	g.POST("/sync/items/:id/replay", h.replayItem)
@@ -158,6 +161,7 @@ type statusJSON struct {
 	Running           bool           `json:"running"`
 	AuthState         string         `json:"authState"`
 	Backlog           int            `json:"backlog"`
+	Drained           bool           `json:"drained"`
 	OldestPendingAge  *float64       `json:"oldestPendingAgeSeconds,omitempty"`
 	ByState           map[string]int `json:"byState"`
 	Sent              int            `json:"sent"`
@@ -174,7 +178,37 @@ func (h *Handlers) endpointStatus(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := h.sync.Status(c.Request().Context(), id)
+	q := c.QueryParams()
+	var bad []treatment.FieldError
+	for k := range q {
+		if k != "wait" && k != "timeout" {
+			bad = append(bad, treatment.FieldError{Field: k, Reason: "unknown query parameter (supported: wait, timeout)"})
+		}
+	}
+	wait := q.Get("wait")
+	if wait != "" && wait != "drained" {
+		bad = append(bad, treatment.FieldError{Field: "wait", Reason: "must be drained"})
+	}
+	timeout := 30 * time.Second
+	if v := q.Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > 10*time.Minute {
+			bad = append(bad, treatment.FieldError{Field: "timeout", Reason: "must be a duration up to 10m, e.g. 30s"})
+		}
+		timeout = d
+	}
+	if len(bad) > 0 {
+		return badRequest("invalid query", bad...)
+	}
+	var s adapter.Status
+	if wait == "drained" {
+		// Long poll: answer once the queue has drained, or at the timeout.
+		ctx, cancel := context.WithTimeout(c.Request().Context(), timeout)
+		defer cancel()
+		s, _, err = h.sync.WaitDrained(ctx, id)
+	} else {
+		s, err = h.sync.Status(c.Request().Context(), id)
+	}
 	if err != nil {
 		return err
 	}
@@ -187,6 +221,7 @@ func (h *Handlers) endpointStatus(c echo.Context) error {
 		out.ByState[string(st)] = s.Queue.ByState[st]
 	}
 	out.Backlog = s.Queue.ByState[outbox.Pending] + s.Queue.ByState[outbox.Retrying] + s.Queue.ByState[outbox.InFlight]
+	out.Drained = out.Backlog == 0
 	if !s.Queue.OldestPending.IsZero() {
 		age := max(time.Since(s.Queue.OldestPending).Seconds(), 0)
 		out.OldestPendingAge = &age
@@ -223,6 +258,18 @@ func (h *Handlers) backfill(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusAccepted, map[string]int{"queued": n})
+}
+
+func (h *Handlers) pullNow(c echo.Context) error {
+	id, err := pathID(c, "endpoint")
+	if err != nil {
+		return err
+	}
+	n, err := h.sync.PullNow(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]int{"applied": n})
 }
 
 type itemJSON struct {

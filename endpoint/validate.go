@@ -76,7 +76,7 @@ func Validate(e Endpoint) error {
 		p.Add("retry.maxRetryAfter", "must be 0 to 1h")
 	}
 	if e.Pull.Enabled {
-		between("pull.intervalSeconds", e.Pull.IntervalSeconds, 5, 86400)
+		between("pull.intervalSeconds", e.Pull.IntervalSeconds, 1, 86400)
 	}
 	return p.Err("invalid endpoint")
 }

@@ -69,6 +69,8 @@ type Options struct {
 	Poll   time.Duration
 	Now    func() time.Time
 	Logger *slog.Logger
+	// OnBatch is called after each batch is finished (progress).
+	OnBatch func()
 }
 
 // Worker pushes one endpoint's queue. Run it; Notify it after enqueueing.
@@ -195,6 +197,9 @@ func (w *Worker) Once(ctx context.Context) (int, error) {
 	for _, b := range batches {
 		k, err := w.push(ctx, b)
 		n += k
+		if w.o.OnBatch != nil {
+			w.o.OnBatch()
+		}
 		if err != nil {
 			return n, err
 		}

@@ -35,6 +35,10 @@ Usage:
   kapfhir demo      [-config FILE]   enrol synthetic patients in every protocol and print the schedules
   kapfhir protocols [-config FILE]   list the protocol catalogue
   kapfhir config check [-config FILE]  validate the configuration, reporting every problem
+  kapfhir endpoints list [-config FILE]        list the EHR endpoints
+  kapfhir endpoints test ID [-config FILE]     test an endpoint: metadata, SMART, token, write strategy
+  kapfhir sync backfill -endpoint ID            queue everything for an endpoint and send it (progress, ETA)
+  kapfhir sync reconcile -endpoint ID [-repair] compare the EHR with what kapfhir sent
   kapfhir version
 
 With no -config, KAPFHIR_CONFIG names the file; with neither, defaults apply
@@ -57,11 +61,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 		}
 		cmd, rest = "config check", rest[1:]
 	}
+	var sub string
+	if (cmd == "endpoints" || cmd == "sync") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		sub, rest = rest[0], rest[1:]
+	}
 	fs := flag.NewFlagSet("kapfhir "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "path to a YAML configuration file")
+	endpointID := fs.String("endpoint", "", "endpoint id (sync commands)")
+	repair := fs.Bool("repair", false, "queue missing and drifted resources again (sync reconcile)")
 	switch cmd {
-	case "serve", "migrate", "demo", "protocols", "config check":
+	case "serve", "migrate", "demo", "protocols", "config check", "endpoints", "sync":
 	case "version":
 		fmt.Fprintln(stdout, "kapfhir", version)
 		return nil
@@ -75,8 +85,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
+	var extra []string
+	if cmd == "endpoints" {
+		extra = fs.Args() // endpoints test ID
+	} else if fs.NArg() > 0 {
 		return fmt.Errorf("%s: unexpected arguments %q", cmd, fs.Args())
+	}
+	if cmd == "sync" && (sub != "backfill" && sub != "reconcile" || *endpointID == "") {
+		return errors.New("usage: kapfhir sync backfill -endpoint ID | kapfhir sync reconcile -endpoint ID [-repair]")
 	}
 	path := *cfgPath
 	if path == "" {
@@ -111,6 +127,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 		return nil
 	case "demo":
 		return demo(ctx, cfg, log, stdout)
+	case "endpoints":
+		return endpointsCmd(ctx, cfg, log, append([]string{sub}, extra...), stdout)
+	case "sync":
+		return syncCmd(ctx, cfg, log, sub, *endpointID, *repair, stdout)
 	}
 	return serve(ctx, cfg, log, stdout)
 }
@@ -188,7 +208,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger, notify
 // newManager returns the sync manager for the store (not started).
 func newManager(cfg config.Config, svc *app.Service, st store.Store, log *slog.Logger) *adapter.Manager {
 	return adapter.New(adapter.Options{
-		Store: st, IdentifierSystem: svc.IdentifierSystem(), Configured: cfg.Endpoints,
+		Store: st, IdentifierSystem: svc.IdentifierSystem(), Configured: cfg.Endpoints, Sessions: svc,
 		Logger: log, UserAgent: "kapfhir/" + version, LeaseFor: cfg.Sync.LeaseFor, Poll: cfg.Sync.Poll,
 	})
 }

@@ -1,0 +1,410 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/kapfhir/kapfhir/test/ehrtest"
+)
+
+const (
+	mrnSystem  = "https://clinic.example/mrn"
+	endpointID = "test-ehr"
+	syncTypes  = "Goal,Appointment,CarePlan,Observation"
+)
+
+// syncEnv is a test EHR (Medplum's FHIR engine, SMART Backend Services on)
+// and a kapfhir configuration that syncs to it.
+type syncEnv struct {
+	ehr     *ehrtest.EHR
+	cfgPath string
+	dataDir string
+}
+
+func newSyncEnv(t *testing.T) *syncEnv {
+	t.Helper()
+	ehrtest.Require(t)
+	ehr := ehrtest.Start(t, ehrtest.Options{Auth: true})
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	keyPath := filepath.Join(dir, "kapfhir-key.pem")
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ehr.RegisterClient(t, "kapfhir", "k1", &key.PublicKey)
+	cfg := fmt.Sprintf(`sync:
+  leaseFor: 3s
+  poll: 50ms
+endpoints:
+  - id: %s
+    name: Test EHR
+    fhirBaseUrl: %s
+    auth:
+      type: smart-backend
+      clientId: kapfhir
+      kid: k1
+      alg: ES384
+      privateKeyFile: %s
+      scope: system/Patient.rs system/Appointment.cruds system/CarePlan.cruds system/Observation.cruds system/Goal.cruds
+    patientIdentifierSystem: %s
+    concurrency: 4
+    rateLimit: {perSecond: 500, burst: 100}
+    timeoutSeconds: 10
+    retry: {maxAttempts: 6, minBackoff: 20ms, maxBackoff: 300ms, maxRetryAfter: 2s}
+    pull: {enabled: true, intervalSeconds: 3600}
+`, endpointID, ehr.BaseURL, keyPath, mrnSystem)
+	cfgPath := filepath.Join(dir, "kapfhir.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &syncEnv{ehr: ehr, cfgPath: cfgPath, dataDir: filepath.Join(dir, "data")}
+}
+
+func (s *syncEnv) start(t *testing.T) *instance {
+	return start(t, "KAPFHIR_CONFIG="+s.cfgPath, "KAPFHIR_DATA_DIR="+s.dataDir)
+}
+
+// enrol creates a patient in the EHR and in kapfhir (same MRN), with an
+// IV programme, a PHQ-9 and a booster plan; it returns kapfhir's ids.
+func (s *syncEnv) enrol(t *testing.T, in *instance, mrn string) (patientID, programID string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"resourceType":"Patient","identifier":[{"system":%q,"value":%q}],"gender":"unknown"}`, mrnSystem, mrn)
+	if st, b := s.ehr.AdminFHIR(t, "POST", "Patient", []byte(body)); st != 201 {
+		t.Fatalf("creating the EHR's patient: %d %s", st, b)
+	}
+	pat := in.json(t, "POST", "/api/v1/patients", map[string]any{
+		"identifier": []any{map[string]any{"system": mrnSystem, "value": mrn}},
+		"name":       map[string]any{"family": family}, "birthDate": birthDate, "gender": "female",
+	}, 201)
+	patientID = pat["id"].(string)
+	prog := in.json(t, "POST", "/api/v1/programs", map[string]any{
+		"patientId": patientID, "protocolId": "ketamine-iv-6x-3wk", "start": "2026-12-07T09:00", "timezone": "America/New_York",
+	}, 201)
+	programID = prog["id"].(string)
+	in.json(t, "POST", "/api/v1/measurements", map[string]any{
+		"programId": programID, "instrument": "phq9", "items": []int{3, 3, 2, 2, 2, 2, 2, 2, 1}, "effective": "2026-11-20T08:30:00-05:00",
+	}, 201)
+	in.json(t, "POST", "/api/v1/programs/"+programID+"/boosters", map[string]any{"protocolId": "booster-3to6mo"}, 201)
+	return patientID, programID
+}
+
+// drain waits (long poll) until the endpoint's queue has drained and
+// returns its status.
+func drain(t *testing.T, in *instance) map[string]any {
+	t.Helper()
+	st := in.json(t, "GET", "/api/v1/endpoints/"+endpointID+"/status?wait=drained&timeout=5m", nil, 200)
+	if st["drained"] != true {
+		t.Fatalf("queue did not drain: %v\nstderr:\n%s", st, in.stderr)
+	}
+	return st
+}
+
+// ours lists every resource kapfhir holds that is synced, as "Type/id".
+func ours(t *testing.T, in *instance) []string {
+	t.Helper()
+	var out []string
+	for _, typ := range strings.Split(syncTypes, ",") {
+		next := "/fhir/" + typ + "?_count=1000"
+		for next != "" {
+			var b bundle
+			res := in.do(t, "GET", next, nil)
+			if err := json.Unmarshal(res.body, &b); err != nil || res.status != 200 {
+				t.Fatalf("GET %s: %d %v", next, res.status, err)
+			}
+			for _, e := range b.Entry {
+				var r struct{ ID string }
+				_ = json.Unmarshal(e.Resource, &r)
+				out = append(out, typ+"/"+r.ID)
+			}
+			next = ""
+			for _, l := range b.Link {
+				if l.Relation == "next" {
+					next = l.URL
+				}
+			}
+		}
+	}
+	return out
+}
+
+// identifierSystem returns kapfhir's identifier system.
+func identifierSystem(t *testing.T, in *instance, key string) string {
+	t.Helper()
+	res := in.do(t, "GET", "/fhir/"+key, nil)
+	var r struct {
+		Identifier []struct{ System, Value string }
+	}
+	if err := json.Unmarshal(res.body, &r); err != nil || len(r.Identifier) == 0 {
+		t.Fatalf("%s has no identifier: %s", key, res.body)
+	}
+	return r.Identifier[0].System
+}
+
+// checkEHR requires every synced kapfhir resource to exist in the EHR
+// exactly once (by kapfhir's identifier), and every reference between the
+// EHR's copies to resolve.
+func checkEHR(t *testing.T, s *syncEnv, in *instance) int {
+	t.Helper()
+	keys := ours(t, in)
+	if len(keys) == 0 {
+		t.Fatal("kapfhir holds nothing to sync")
+	}
+	system := identifierSystem(t, in, keys[0])
+	for _, k := range keys {
+		typ, id, _ := strings.Cut(k, "/")
+		if n := s.ehr.Count(t, typ, system, id); n != 1 {
+			t.Errorf("%s is in the EHR %d times, want exactly once", k, n)
+		}
+	}
+	// Every reference in the EHR's copies resolves inside the EHR.
+	exists := map[string]bool{}
+	var refs []string
+	for _, typ := range append(strings.Split(syncTypes, ","), "Patient") {
+		var b bundle
+		if err := json.Unmarshal(s.ehr.Search(t, typ+"?_count=10000"), &b); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range b.Entry {
+			var r struct{ ID string }
+			_ = json.Unmarshal(e.Resource, &r)
+			exists[typ+"/"+r.ID] = true
+			refs = append(refs, references(t, e.Resource)...)
+		}
+	}
+	for _, r := range refs {
+		if !exists[r] {
+			t.Errorf("EHR reference %s does not resolve", r)
+		}
+	}
+	return len(keys)
+}
+
+func writes(c ehrtest.Counters) int {
+	n := 0
+	for route, v := range c.ByRoute {
+		if strings.HasPrefix(route, "PUT") || strings.HasPrefix(route, "POST") || strings.HasPrefix(route, "PATCH") || strings.HasPrefix(route, "DELETE") {
+			n += v
+		}
+	}
+	return n
+}
+
+// TestSyncToEHR syncs programmes to a real third-party FHIR server (the
+// test EHR) through the real binary: everything arrives exactly once, a
+// second full sync writes nothing, and a second round under 429/503/reset
+// faults and token expiry still delivers everything exactly once.
+func TestSyncToEHR(t *testing.T) {
+	s := newSyncEnv(t)
+	in := s.start(t)
+	for i := range 3 {
+		s.enrol(t, in, fmt.Sprintf("MRN-A%02d", i))
+	}
+	st := drain(t, in)
+	if st["dead"].(float64) != 0 {
+		t.Fatalf("dead items after a clean sync: %v", st)
+	}
+	n := checkEHR(t, s, in)
+	t.Logf("%d resources synced", n)
+
+	// A second full sync sends nothing: every body hashes as last sent.
+	before := writes(s.ehr.Counters(t))
+	in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/backfill", nil, 202)
+	drain(t, in)
+	if after := writes(s.ehr.Counters(t)); after != before {
+		t.Errorf("a second full sync wrote %d times", after-before)
+	}
+
+	t.Run("faults", func(t *testing.T) {
+		s.ehr.SetFaults(t, ehrtest.Faults{Rate429: 0.2, RetryAfterSeconds: 1, Rate503: 0.1, RateReset: 0.01, Seed: 42})
+		for i := range 3 {
+			_, prog := s.enrol(t, in, fmt.Sprintf("MRN-F%02d", i))
+			p := in.json(t, "GET", "/api/v1/programs/"+prog, nil, 200)
+			ss := sessionsOf(t, p)
+			in.json(t, "PATCH", "/api/v1/sessions/"+ss[0]["id"].(string), map[string]any{"status": "booked"}, 200)
+		}
+		s.ehr.ExpireTokens(t) // every cached token is now refused once
+		st := drain(t, in)
+		s.ehr.ClearFaults(t)
+		if st["dead"].(float64) != 0 {
+			t.Errorf("dead items under transient faults: %v", st)
+		}
+		checkEHR(t, s, in)
+	})
+
+	t.Run("EHR down, then back", func(t *testing.T) {
+		s.ehr.SetFaults(t, ehrtest.Faults{Down: true})
+		s.enrol(t, in, "MRN-D01")
+		st := in.json(t, "GET", "/api/v1/endpoints/"+endpointID+"/status", nil, 200)
+		if st["backlog"].(float64) == 0 {
+			t.Errorf("nothing queued while the EHR is down: %v", st)
+		}
+		s.ehr.ClearFaults(t)
+		drain(t, in)
+		checkEHR(t, s, in)
+	})
+
+	t.Run("rejected resource is dead, then replayed", func(t *testing.T) {
+		_, prog := s.enrol(t, in, "MRN-R01")
+		drain(t, in)
+		p := in.json(t, "GET", "/api/v1/programs/"+prog, nil, 200)
+		victim := sessionsOf(t, p)[0]["id"].(string)
+		s.ehr.SetFaults(t, ehrtest.Faults{RejectIdentifiers: []string{victim}})
+		in.json(t, "PATCH", "/api/v1/sessions/"+victim, map[string]any{"status": "booked"}, 200)
+		st := drain(t, in)
+		if st["dead"].(float64) < 1 {
+			t.Fatalf("no dead item: %v", st)
+		}
+		items := in.json(t, "GET", "/api/v1/sync/items?"+url.Values{"endpoint": {endpointID}, "state": {"dead"}}.Encode(), nil, 200)["items"].([]any)
+		if len(items) != 1 {
+			t.Fatalf("dead items: %v", items)
+		}
+		item := items[0].(map[string]any)
+		if item["resourceId"] != victim || item["operationOutcome"] == nil {
+			t.Errorf("dead item lacks the EHR's OperationOutcome or is the wrong one: %v", item)
+		}
+		s.ehr.ClearFaults(t)
+		id := fmt.Sprint(int64(item["id"].(float64)))
+		in.json(t, "POST", "/api/v1/sync/items/"+id+"/replay", nil, 200)
+		drain(t, in)
+		if got := in.json(t, "GET", "/api/v1/sync/items/"+id, nil, 200); got["state"] != "succeeded" {
+			t.Errorf("replayed item: %v", got)
+		}
+		log := in.json(t, "GET", "/api/v1/sync/log?endpoint="+endpointID, nil, 200)["events"].([]any)
+		replayed := false
+		for _, e := range log {
+			if e.(map[string]any)["action"] == "replayed" {
+				replayed = true
+			}
+		}
+		if !replayed {
+			t.Error("the replay is not in the sync log")
+		}
+		checkEHR(t, s, in)
+	})
+
+	t.Run("appointment cancelled in the EHR", func(t *testing.T) {
+		_, prog := s.enrol(t, in, "MRN-P01")
+		drain(t, in)
+		p := in.json(t, "GET", "/api/v1/programs/"+prog, nil, 200)
+		var dose string
+		for _, ss := range sessionsOf(t, p) {
+			if ss["kind"] == "dosing" {
+				dose = ss["id"].(string)
+				break
+			}
+		}
+		system := identifierSystem(t, in, "Appointment/"+dose)
+		var b bundle
+		if err := json.Unmarshal(s.ehr.Search(t, "Appointment?identifier="+url.QueryEscape(system+"|"+dose)), &b); err != nil || len(b.Entry) != 1 {
+			t.Fatalf("the EHR's appointment: %v", err)
+		}
+		var appt map[string]any
+		_ = json.Unmarshal(b.Entry[0].Resource, &appt)
+		appt["status"] = "cancelled"
+		delete(appt, "participant")
+		appt["participant"] = []any{map[string]any{"actor": map[string]any{"reference": "Patient/" + patientRef(t, b.Entry[0].Resource)}, "status": "declined"}}
+		body, _ := json.Marshal(appt)
+		if st, rb := s.ehr.AdminFHIR(t, "PUT", "Appointment/"+appt["id"].(string), body); st != 200 {
+			t.Fatalf("cancelling in the EHR: %d %s", st, rb)
+		}
+		if got := in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/pull", nil, 200); got["applied"].(float64) != 1 {
+			t.Fatalf("pull applied %v changes, want 1", got)
+		}
+		p = in.json(t, "GET", "/api/v1/programs/"+prog, nil, 200)
+		for _, ss := range sessionsOf(t, p) {
+			if ss["id"] == dose && ss["status"] != "cancelled" {
+				t.Errorf("session after the EHR cancelled it: %v", ss)
+			}
+		}
+		drain(t, in)
+		checkEHR(t, s, in)
+		// The updated CarePlan reached the EHR: it lists the replacement dose
+		// under the EHR's id for it.
+		var replacement string
+		for _, ss := range sessionsOf(t, p) {
+			if ss["replaces"] == dose {
+				replacement = ss["id"].(string)
+			}
+		}
+		if replacement == "" {
+			t.Fatalf("no session replaces the cancelled dose: %v", p["sessions"])
+		}
+		var rb bundle
+		if err := json.Unmarshal(s.ehr.Search(t, "Appointment?identifier="+url.QueryEscape(system+"|"+replacement)), &rb); err != nil || len(rb.Entry) != 1 {
+			t.Fatalf("the replacement dose is not in the EHR exactly once: %v, %d", err, len(rb.Entry))
+		}
+		var ra struct{ ID string }
+		_ = json.Unmarshal(rb.Entry[0].Resource, &ra)
+		var plans bundle
+		if err := json.Unmarshal(s.ehr.Search(t, "CarePlan?identifier="+url.QueryEscape(system+"|")+"&_count=1000"), &plans); err != nil {
+			t.Fatal(err)
+		}
+		listed := false
+		for _, e := range plans.Entry {
+			if contains(references(t, e.Resource), "Appointment/"+ra.ID) {
+				listed = true
+			}
+		}
+		if !listed {
+			t.Errorf("no CarePlan in the EHR references the replacement dose Appointment/%s", ra.ID)
+		}
+		// Pulling again applies nothing: the EHR and kapfhir agree.
+		if got := in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/pull", nil, 200); got["applied"].(float64) != 0 {
+			t.Errorf("second pull applied %v changes", got)
+		}
+	})
+	in.stop(t)
+}
+
+// patientRef returns the id in the first participant's Patient reference.
+func patientRef(t *testing.T, appt []byte) string {
+	for _, r := range references(t, appt) {
+		if strings.HasPrefix(r, "Patient/") {
+			return strings.TrimPrefix(r, "Patient/")
+		}
+	}
+	t.Fatal("appointment without a patient")
+	return ""
+}
+
+// TestSyncSurvivesKill kills kapfhir (SIGKILL) in the middle of a sync and
+// restarts it on the same data: nothing is lost and nothing duplicated.
+func TestSyncSurvivesKill(t *testing.T) {
+	s := newSyncEnv(t)
+	s.ehr.SetFaults(t, ehrtest.Faults{LatencyMS: 40})
+	in := s.start(t)
+	for i := range 6 {
+		s.enrol(t, in, fmt.Sprintf("MRN-K%02d", i))
+	}
+	st := in.json(t, "GET", "/api/v1/endpoints/"+endpointID+"/status", nil, 200)
+	if st["backlog"].(float64) == 0 {
+		t.Fatalf("the sync finished before the kill; nothing was tested: %v", st)
+	}
+	if err := in.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-in.done
+	s.ehr.ClearFaults(t)
+	again := s.start(t)
+	drain(t, again)
+	checkEHR(t, s, again)
+	again.stop(t)
+}
