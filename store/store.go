@@ -47,6 +47,7 @@ type ResourceReader interface {
 // rolls back together.
 type Tx interface {
 	DomainReader
+	SyncTx
 
 	// CreatePatient inserts a patient. A patient with the same identifier
 	// (system and value) already present is a conflict error.
@@ -77,6 +78,7 @@ type Tx interface {
 type Store interface {
 	DomainReader
 	ResourceReader
+	Sync
 	// InTx runs fn in one transaction: fn's error (or a panic) rolls back,
 	// otherwise it commits. Transactions are serializable with respect to
 	// each other for the rows they write.

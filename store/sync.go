@@ -19,6 +19,8 @@ type SyncTx interface {
 	// the order (a new Seq), and a succeeded, dead or discarded item becomes
 	// pending with no attempts. An in-flight or retrying item keeps its
 	// state; its new version is sent when the current attempt finishes.
+	// A new item is pending, runnable at now. Work for an endpoint that
+	// does not exist (any more) is dropped.
 	Enqueue(ctx context.Context, work []outbox.Work, now time.Time) error
 }
 
@@ -42,19 +44,26 @@ type Sync interface {
 	// A resource's patient is itself for a Patient, else its "patient" or
 	// "subject" search reference.
 	Backfill(ctx context.Context, endpointID string, types []string, now time.Time) (int, error)
-	// Lease leases runnable items, one batch per patient, oldest first.
+	// Lease leases runnable items, one batch per patient, oldest first (by
+	// the patient's smallest runnable Seq); each batch holds every runnable
+	// item of its patient, by Seq. Concurrent leasers, in any number of
+	// processes, never get the same item or the same patient. An unknown
+	// endpoint has nothing to lease. Items without a patient ("") form one
+	// batch.
 	Lease(ctx context.Context, l outbox.Lease) ([]outbox.Batch, error)
 	// Finish records what happened to a leased item and appends it to the
-	// log; a conflict error when the lease was lost.
+	// log (except a Release); a conflict error when the lease was lost (the
+	// item is not in flight under r.Owner, or is gone).
 	Finish(ctx context.Context, r outbox.Result) error
 	// Item returns one item, or not_found.
 	Item(ctx context.Context, id int64) (outbox.Item, error)
-	// Items lists items matching f, by id.
+	// Items lists items matching f, by id, at most f.Limit (default 100,
+	// at most 1000).
 	Items(ctx context.Context, f outbox.Filter) ([]outbox.Item, error)
 	// Links returns the items of the given resources at the endpoint (the
 	// crosswalk to the EHR's ids), keyed by resource; missing ones are absent.
 	Links(ctx context.Context, endpointID string, keys []resource.Key) (map[resource.Key]outbox.Item, error)
-	// Stats summarises an endpoint's queue.
+	// Stats summarises an endpoint's queue; ByState has every state.
 	Stats(ctx context.Context, endpointID string) (outbox.Stats, error)
 	// Replay makes an item pending again with no attempts and logs who did
 	// it; not_found for an unknown item, conflict for one in flight.
@@ -64,7 +73,12 @@ type Sync interface {
 	// Discard gives up on a dead or retrying item (state discarded) and logs
 	// who did it; conflict for an item in another state.
 	Discard(ctx context.Context, itemID int64, actor string, now time.Time) error
+	// AppendLog appends an event that is not a queue change (e.g. a change
+	// pulled from the EHR) to the sync log; its ID is assigned, the rest is
+	// stored as given.
+	AppendLog(ctx context.Context, e outbox.Event) error
 	// Log returns sync log events of an endpoint (all when ""), newest first,
-	// with ID < beforeID when beforeID > 0, at most limit.
+	// with ID < beforeID when beforeID > 0, at most limit (default 100, at
+	// most 1000).
 	Log(ctx context.Context, endpointID string, beforeID int64, limit int) ([]outbox.Event, error)
 }

@@ -27,6 +27,7 @@ var migrationFS embed.FS
 // DB is a PostgreSQL store. It is safe for concurrent use.
 type DB struct {
 	sqlstore.Reader // on the pool
+	sqlstore.Queue  // reads on the pool, writes each in a transaction
 
 	pool *pgxpool.Pool
 }
@@ -56,6 +57,7 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*DB, error) {
 	}
 	db := &DB{pool: pool}
 	db.Reader = sqlstore.NewReader(dialect, querier{pool}, db.snapshot)
+	db.Queue = sqlstore.NewQueue(dialect, querier{pool}, db.snapshot, db.tx)
 	return db, nil
 }
 
@@ -121,12 +123,17 @@ func (db *DB) SchemaVersion(ctx context.Context) (int, error) {
 // InTx runs fn in one transaction. fn's error rolls back and is returned as
 // is; a panic in fn rolls back and is returned as an internal error.
 func (db *DB) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
+	return db.tx(ctx, func(q sqlstore.Querier) error { return fn(&Tx{sqlstore.NewWriter(dialect, q)}) })
+}
+
+// tx runs fn in one transaction (see InTx).
+func (db *DB) tx(ctx context.Context, fn func(q sqlstore.Querier) error) error {
 	pgTx, err := db.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
 	return sqlstore.RunTx(
-		func() error { return fn(&Tx{sqlstore.NewWriter(dialect, querier{pgTx})}) },
+		func() error { return fn(querier{pgTx}) },
 		func() error {
 			if err := pgTx.Commit(ctx); err != nil {
 				if conflictCode(err) {

@@ -12,14 +12,18 @@ import (
 
 // dialect is PostgreSQL's SQL for the shared store code: $n placeholders,
 // lists bound as text[] arrays, native booleans, the current resource row
-// locked FOR UPDATE before it is replaced, and index rows and include
-// targets passed as arrays through unnest.
+// locked FOR UPDATE before it is replaced, index rows and include
+// targets passed as arrays through unnest, leasers of an endpoint's queue
+// serialised on its row, and sync seqs from a SEQUENCE.
 var dialect = &sqlstore.Dialect{
 	Numbered:      true,
 	Arrays:        true,
 	NativeBool:    true,
 	ZeroKey:       "0::bigint",
 	LockRow:       " FOR UPDATE",
+	LockQueue:     " FOR NO KEY UPDATE",
+	ShareKey:      " FOR KEY SHARE",
+	Seq:           func(string) string { return "nextval('sync_seq')" },
 	NoRows:        pgx.ErrNoRows,
 	IsUnique:      isUnique,
 	IsConflict:    conflictCode,

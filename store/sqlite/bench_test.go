@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/store/sqlite"
@@ -137,5 +138,30 @@ func BenchmarkSearch(b *testing.B) {
 		if page.Total != benchPerPatient || len(page.Versions) != 20 {
 			b.Fatalf("Search = %d of %d, want 20 of %d", len(page.Versions), page.Total, benchPerPatient)
 		}
+	}
+}
+
+// BenchmarkBackfill enqueues all 100,000 resources for an endpoint (the
+// first run inserts the items, later ones coalesce into them), then checks
+// the patient attribution of one.
+func BenchmarkBackfill(b *testing.B) {
+	db := benchDB(b)
+	ctx := b.Context()
+	now := time.Date(2026, 4, 1, 9, 0, 0, 0, time.UTC)
+	e := endpoint.Stored{Endpoint: endpoint.Defaults(), Source: endpoint.SourceAPI, Created: now, Updated: now}
+	e.ID = "bench-ehr"
+	if err := db.PutEndpoint(ctx, e); err != nil {
+		b.Fatal(err)
+	}
+	want := benchPatients * (1 + benchPerPatient)
+	for b.Loop() {
+		n, err := db.Backfill(ctx, e.ID, []string{"Patient", "Appointment"}, now)
+		if err != nil || n != want {
+			b.Fatalf("Backfill = %d, %v; want %d", n, err, want)
+		}
+	}
+	links, err := db.Links(ctx, e.ID, []resource.Key{{Type: "Appointment", ID: "appt-0500-42"}})
+	if err != nil || links[resource.Key{Type: "Appointment", ID: "appt-0500-42"}].PatientID != "pat-0500" {
+		b.Fatalf("Links = %+v, %v; want the appointment of pat-0500", links, err)
 	}
 }

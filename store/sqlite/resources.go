@@ -9,13 +9,16 @@ import (
 )
 
 // dialect is SQLite's SQL for the shared store code: ? placeholders, lists
-// expanded into IN (...), booleans as integers, and no row locks (the one
-// writer connection already excludes other writers).
+// expanded into IN (...), booleans as integers, no row locks (the one
+// writer connection already excludes other writers), and sync seqs from a
+// one-row counter that the one writer serialises.
 var dialect = &sqlstore.Dialect{
 	ZeroKey:       "0",
 	NoRows:        sql.ErrNoRows,
 	IsUnique:      isUnique,
 	SelectCurrent: selectCurrent,
+	Seq:           func(rank string) string { return "(SELECT value FROM sync_seq) + " + rank },
+	SeqAdvance:    "UPDATE sync_seq SET value = value + ?",
 }
 
 // selectCurrent selects the current versions of the (types[i], ids[i]) keys.

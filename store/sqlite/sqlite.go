@@ -34,6 +34,7 @@ const busyTimeoutMS = 10000
 // DB is a SQLite store. It is safe for concurrent use.
 type DB struct {
 	sqlstore.Reader // on the reader pool
+	sqlstore.Queue  // reads on the reader pool, writes on the writer
 
 	path  string
 	write *sql.DB // exactly one connection: all writes and transactions
@@ -80,6 +81,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	}
 	db := &DB{path: path, write: write, read: read}
 	db.Reader = sqlstore.NewReader(dialect, querier{read}, db.snapshot)
+	db.Queue = sqlstore.NewQueue(dialect, querier{read}, db.snapshot, db.tx)
 	return db, nil
 }
 
@@ -134,12 +136,17 @@ func (db *DB) SchemaVersion(ctx context.Context) (int, error) {
 // error rolls back and is returned as is; a panic in fn rolls back and is
 // returned as an internal error.
 func (db *DB) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
+	return db.tx(ctx, func(q sqlstore.Querier) error { return fn(&Tx{sqlstore.NewWriter(dialect, q)}) })
+}
+
+// tx runs fn in one IMMEDIATE transaction on the writer connection (see InTx).
+func (db *DB) tx(ctx context.Context, fn func(q sqlstore.Querier) error) error {
 	sqlTx, err := db.write.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
 	return sqlstore.RunTx(
-		func() error { return fn(&Tx{sqlstore.NewWriter(dialect, querier{sqlTx})}) },
+		func() error { return fn(querier{sqlTx}) },
 		func() error {
 			if err := sqlTx.Commit(); err != nil {
 				return fmt.Errorf("commit: %w", err)

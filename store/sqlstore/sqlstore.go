@@ -62,6 +62,22 @@ type Dialect struct {
 	// before it is replaced (" FOR UPDATE"), or "" when the transaction
 	// already excludes other writers.
 	LockRow string
+	// LockQueue is appended to the select of an endpoint's row that
+	// serialises the leasers of its queue (" FOR NO KEY UPDATE", which
+	// enqueuers' ShareKey does not wait for), or "" when the transaction
+	// already excludes other writers.
+	LockQueue string
+	// ShareKey is appended to the select of an endpoint's row that work is
+	// enqueued for, so that it is not deleted before the commit
+	// (" FOR KEY SHARE"), or "".
+	ShareKey string
+	// Seq returns the expression that gives a row written to sync_items its
+	// seq, greater than every seq before; rank is the row's 1-based number
+	// among the rows of the statement (a SQL expression).
+	Seq func(rank string) string
+	// SeqAdvance, unless "", runs after a statement that wrote sync_items
+	// rows with their number (one ? argument), to move Seq past them.
+	SeqAdvance string
 
 	// NoRows is the error QueryRow's Scan returns for an empty result.
 	NoRows error

@@ -44,6 +44,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentUpdateProgram", testConcurrentUpdateProgram},
 		{"Meta", testMeta},
 	}
+	tests = append(tests, syncTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
