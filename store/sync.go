@@ -65,7 +65,12 @@ type Sync interface {
 	Links(ctx context.Context, endpointID string, keys []resource.Key) (map[resource.Key]outbox.Item, error)
 	// Stats summarises an endpoint's queue; ByState has every state.
 	Stats(ctx context.Context, endpointID string) (outbox.Stats, error)
-	// Replay makes an item pending again with no attempts and logs who did
+	// Renew extends the lease on the owner's in-flight items of one patient
+	// at an endpoint until until (a long batch keeps its lease); a conflict
+	// when the owner holds none any more.
+	Renew(ctx context.Context, endpointID, patientID, owner string, until time.Time) error
+	// Replay makes an item pending again (forgetting the hash of the last
+	// body sent, so it is sent again) with no attempts and logs who did
 	// it; not_found for an unknown item, conflict for one in flight.
 	Replay(ctx context.Context, itemID int64, actor string, now time.Time) error
 	// ReplayDead replays every dead item of an endpoint and returns how many.

@@ -2,6 +2,8 @@ package ehrclient
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -59,6 +61,12 @@ func (c *Client) Capabilities(ctx context.Context) (*Capabilities, error) {
 func parseCapabilities(id string, b []byte) (*Capabilities, error) {
 	cr, err := fhirjson.Unmarshal(b)
 	if err != nil {
+		// Servers often list resource types or codes R4 lacks (R4B/R5
+		// backports such as SubscriptionStatus, vendor types). Read the few
+		// fields the engine needs and ignore the rest.
+		if caps, lerr := parseLenient(b); lerr == nil {
+			return caps, nil
+		}
 		return nil, &treatment.Error{Kind: treatment.KindInvalid, Msg: "endpoint " + id + ": metadata is not a valid FHIR R4 CapabilityStatement", Err: err}
 	}
 	cs := cr.GetCapabilityStatement()
@@ -109,4 +117,54 @@ func camel(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// lenientStatement is the part of a CapabilityStatement the engine reads.
+// It is only ever read (kapfhir never writes FHIR JSON this way).
+type lenientStatement struct {
+	ResourceType string `json:"resourceType"`
+	FHIRVersion  string `json:"fhirVersion"`
+	Rest         []struct {
+		Mode        string `json:"mode"`
+		Interaction []struct {
+			Code string `json:"code"`
+		} `json:"interaction"`
+		Resource []struct {
+			Type        string `json:"type"`
+			Interaction []struct {
+				Code string `json:"code"`
+			} `json:"interaction"`
+			ConditionalCreate bool `json:"conditionalCreate"`
+			ConditionalUpdate bool `json:"conditionalUpdate"`
+			UpdateCreate      bool `json:"updateCreate"`
+		} `json:"resource"`
+	} `json:"rest"`
+}
+
+func parseLenient(b []byte) (*Capabilities, error) {
+	var cs lenientStatement
+	if err := json.Unmarshal(b, &cs); err != nil {
+		return nil, err
+	}
+	if cs.ResourceType != "CapabilityStatement" || !strings.HasPrefix(cs.FHIRVersion, "4.") {
+		return nil, errors.New("not an R4 CapabilityStatement")
+	}
+	caps := &Capabilities{FHIRVersion: cs.FHIRVersion, Resources: map[string]ResourceCapabilities{}}
+	for _, rest := range cs.Rest {
+		if rest.Mode != "server" {
+			continue
+		}
+		for _, in := range rest.Interaction {
+			caps.Transaction = caps.Transaction || in.Code == "transaction"
+			caps.Batch = caps.Batch || in.Code == "batch"
+		}
+		for _, r := range rest.Resource {
+			rc := ResourceCapabilities{ConditionalCreate: r.ConditionalCreate, ConditionalUpdate: r.ConditionalUpdate, UpdateCreate: r.UpdateCreate}
+			for _, in := range r.Interaction {
+				rc.Interactions = append(rc.Interactions, in.Code)
+			}
+			caps.Resources[r.Type] = rc
+		}
+	}
+	return caps, nil
 }

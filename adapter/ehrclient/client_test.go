@@ -580,3 +580,22 @@ func TestJitterBackoff(t *testing.T) {
 		}
 	}
 }
+
+func TestCapabilitiesBeyondR4(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// SubscriptionStatus is an R4B type that R4's code set lacks.
+		body := `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],
+"rest":[{"mode":"server","interaction":[{"code":"transaction"}],"resource":[
+{"type":"CarePlan","interaction":[{"code":"update"},{"code":"search-type"}],"conditionalUpdate":true},
+{"type":"SubscriptionStatus","interaction":[{"code":"read"}]}]}]}`
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) })
+		c, _ := newTestClient(t, testEndpoint(), handlerTransport(h))
+		caps, err := c.Capabilities(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !caps.Resources["CarePlan"].ConditionalUpdate || !caps.Supports("CarePlan", "update") || !caps.Transaction || caps.FHIRVersion != "4.0.1" {
+			t.Errorf("capabilities: %+v", caps)
+		}
+	})
+}

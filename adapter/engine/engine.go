@@ -43,6 +43,7 @@ type Store interface {
 	Links(ctx context.Context, endpointID string, keys []resource.Key) (map[resource.Key]outbox.Item, error)
 	Read(ctx context.Context, typ, id string) (resource.Version, error)
 	SetEndpointState(ctx context.Context, id string, state endpoint.AuthState, lastError string, now time.Time) error
+	Renew(ctx context.Context, endpointID, patientID, owner string, until time.Time) error
 }
 
 // EHR is what the engine needs of the EHR client.
@@ -83,6 +84,9 @@ type Worker struct {
 	wake       chan struct{}
 	caps       *ehrclient.Capabilities
 	pauseUntil time.Time
+	// outage counts consecutive batches cut short by an unreachable EHR;
+	// the pause before the next lease grows with it.
+	outage int
 }
 
 // ErrAuthFailed ends Run when the EHR keeps refusing kapfhir's credentials;
@@ -120,12 +124,22 @@ func (w *Worker) wakeChan() <-chan struct{} {
 	return w.wake
 }
 
-// pause stops leasing until t (the EHR is unreachable).
-func (w *Worker) pause(t time.Time) {
+// unreachable records a batch cut short by an unreachable EHR and stops
+// leasing for a backoff that grows with consecutive outages.
+func (w *Worker) unreachable() {
 	w.mu.Lock()
+	w.outage++
+	t := w.o.Now().Add(w.backoff(w.outage, 0))
 	if t.After(w.pauseUntil) {
 		w.pauseUntil = t
 	}
+	w.mu.Unlock()
+}
+
+// reachable ends an outage.
+func (w *Worker) reachable() {
+	w.mu.Lock()
+	w.outage = 0
 	w.mu.Unlock()
 }
 

@@ -82,12 +82,29 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
 		if isAuth(err) {
 			return finish(), w.authFailed(ctx, err)
 		}
-		w.pause(w.o.Now().Add(w.backoff(1, 0)))
+		w.unreachable()
 		return finish(), nil
 	}
 
+	// A batch longer than a third of the lease renews it, so no other
+	// worker takes the patient over while this one still works on it.
+	renewed := w.o.Now()
+	keep := func() bool {
+		if w.o.Now().Sub(renewed) < w.o.LeaseFor/3 {
+			return true
+		}
+		renewed = w.o.Now()
+		if err := w.o.Store.Renew(ctx, w.ep.ID, b.PatientID, w.o.Owner, renewed.Add(w.o.LeaseFor)); err != nil {
+			w.log.Warn("lost the lease of a batch; another worker has it", "patient", b.PatientID, "error", err)
+			return false
+		}
+		return true
+	}
 	var again []outbox.Item
 	for _, it := range items {
+		if !keep() {
+			return 0, nil
+		}
 		r, err := bt.write(ctx, it)
 		if err != nil {
 			if isAuth(err) {
@@ -99,9 +116,10 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
 			}
 			// Unreachable: this item retries later, the rest go back as they were.
 			results[it.ID] = result{outcome: outbox.Retry, errMsg: err.Error(), retryAfter: w.backoff(it.Attempts+1, 0)}
-			w.pause(w.o.Now().Add(w.backoff(1, 0)))
+			w.unreachable()
 			break
 		}
+		w.reachable()
 		results[it.ID] = r
 		if r.outcome == outbox.Sent && len(r.deferred) > 0 {
 			again = append(again, it)
@@ -113,6 +131,9 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
 	for _, it := range again {
 		if stop != nil || ctx.Err() != nil {
 			break
+		}
+		if !keep() {
+			return 0, nil
 		}
 		first := results[it.ID]
 		k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}

@@ -632,11 +632,27 @@ func replay(ctx context.Context, d *Dialect, q Querier, it outbox.Item, actor st
 	if it.State == outbox.InFlight {
 		return treatment.Errorf(treatment.KindConflict, "sync item %d is in flight", it.ID)
 	}
-	it.State, it.Attempts, it.NextAttempt, it.Updated = outbox.Pending, 0, now, now
+	// A replay always sends: the hash of the last body sent is forgotten.
+	it.State, it.Attempts, it.NextAttempt, it.Updated, it.SentHash = outbox.Pending, 0, now, now, nil
 	if err := writeItem(ctx, d, q, it); err != nil {
 		return err
 	}
 	return appendLog(ctx, d, q, event(it, "replayed", now, actor))
+}
+
+// Renew implements store.Sync.
+func (s Queue) Renew(ctx context.Context, endpointID, patientID, owner string, until time.Time) error {
+	return s.inTx(ctx, func(q Querier) error {
+		n, err := q.Exec(ctx, s.d.Rebind(`UPDATE sync_items SET lease_until = ? WHERE endpoint_id = ? AND patient_id = ? AND lease_owner = ? AND state = '`+string(outbox.InFlight)+`'`),
+			Micros(until), endpointID, patientID, owner)
+		if err != nil {
+			return fmt.Errorf("renew lease: %w", err)
+		}
+		if n == 0 {
+			return treatment.Errorf(treatment.KindConflict, "the lease of patient %q at %s is no longer held by %s", patientID, endpointID, owner)
+		}
+		return nil
+	})
 }
 
 // Replay implements store.Sync.

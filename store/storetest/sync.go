@@ -30,6 +30,7 @@ var syncTests = []struct {
 	{"SyncEnqueueRollback", testSyncEnqueueRollback},
 	{"SyncLeaseOrder", testSyncLeaseOrder},
 	{"SyncLeaseExpiry", testSyncLeaseExpiry},
+	{"SyncLeaseRenew", testSyncLeaseRenew},
 	{"SyncFinish", testSyncFinish},
 	{"SyncNewVersionInFlight", testSyncNewVersionInFlight},
 	{"SyncRetryTiming", testSyncRetryTiming},
@@ -408,6 +409,38 @@ func testSyncLeaseExpiry(t *testing.T, s store.Store) {
 	wantKind(t, "Finish(unknown item)", err, treatment.KindConflict)
 	if evs := logOf(t, s, "ehr"); len(evs) != 1 {
 		t.Errorf("log has %d events, want 1 (conflicts log nothing)", len(evs))
+	}
+}
+
+func testSyncLeaseRenew(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	addEndpoint(t, s, "ehr")
+	enqueue(t, s, at(0), work("ehr", "Patient", "p1", "p1", 1), work("ehr", "Goal", "g1", "p1", 1))
+	a := lease(t, s, outbox.Lease{EndpointID: "ehr", Owner: "A", MaxPatients: 1, Now: at(0), For: time.Minute})
+	if len(a) != 1 {
+		t.Fatalf("lease by A: %v", batchKeys(a))
+	}
+	// A long batch renews its lease: past the first expiry nobody takes it.
+	if err := s.Renew(ctx, "ehr", "p1", "A", at(3*time.Minute)); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	if bs := lease(t, s, outbox.Lease{EndpointID: "ehr", Owner: "B", MaxPatients: 1, Now: at(2 * time.Minute), For: time.Minute}); len(bs) != 0 {
+		t.Errorf("lease of a renewed batch = %v, want none", batchKeys(bs))
+	}
+	wantKind(t, "Renew by another owner", s.Renew(ctx, "ehr", "p1", "B", at(4*time.Minute)), treatment.KindConflict)
+	finish(t, s, outbox.Result{ItemID: a[0].Items[0].ID, Owner: "A", Outcome: outbox.Sent, SentVersion: 1, SentHash: []byte("h"), Now: at(time.Minute)})
+	finish(t, s, outbox.Result{ItemID: a[0].Items[1].ID, Owner: "A", Outcome: outbox.Sent, SentVersion: 1, SentHash: []byte("h"), Now: at(time.Minute)})
+	wantKind(t, "Renew with nothing in flight", s.Renew(ctx, "ehr", "p1", "A", at(4*time.Minute)), treatment.KindConflict)
+	// A replay forgets the hash of the last body sent, so the item is sent again.
+	if err := s.Replay(ctx, a[0].Items[0].ID, "op", at(5*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	it, err := s.Item(ctx, a[0].Items[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.State != outbox.Pending || len(it.SentHash) != 0 || it.SentVersion != 1 {
+		t.Errorf("replayed item: state %s, hash %q, sent version %d", it.State, it.SentHash, it.SentVersion)
 	}
 }
 

@@ -326,7 +326,7 @@ func TestSyncToEHR(t *testing.T) {
 			t.Fatalf("cancelling in the EHR: %d %s", st, rb)
 		}
 		if got := in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/pull", nil, 200); got["applied"].(float64) != 1 {
-			t.Fatalf("pull applied %v changes, want 1", got)
+			t.Fatalf("pull applied %v changes, want 1; sync log: %s\nstderr:\n%s", got, in.do(t, "GET", "/api/v1/sync/log?limit=5", nil).body, in.stderr)
 		}
 		p = in.json(t, "GET", "/api/v1/programs/"+prog, nil, 200)
 		for _, ss := range sessionsOf(t, p) {

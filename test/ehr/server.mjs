@@ -60,7 +60,16 @@ const CONTROL_PARAMS = new Set([
 const MEDPLUM_ONLY_PARAMS = new Set(['_compartment', '_project']);
 
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
-indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
+const r4Resources = readJson('fhir/r4/profiles-resources.json');
+indexStructureDefinitionBundle(r4Resources);
+// The resource types of FHIR R4 itself (Medplum also knows its own, such as
+// Project or Bot, which an R4 CapabilityStatement must not list).
+const R4_TYPES = new Set(
+  r4Resources.entry
+    .map((e) => e.resource)
+    .filter((r) => r?.resourceType === 'StructureDefinition' && r.kind === 'resource' && !r.abstract && r.derivation !== 'constraint')
+    .map((r) => r.type),
+);
 indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
 
 const { values: args } = parseArgs({
@@ -631,7 +640,7 @@ function authorize(grant, method, rel, body) {
 // FHIR.
 
 function capabilityStatement() {
-  const types = Object.keys(core.globalSchema.types).filter((t) => isResourceType(t)).sort();
+  const types = Object.keys(core.globalSchema.types).filter((t) => isResourceType(t) && R4_TYPES.has(t)).sort();
   const interactions = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
   return {
     resourceType: 'CapabilityStatement',
@@ -706,6 +715,17 @@ function decorateBundle(bundle, selfURL) {
     bundle.link = [{ relation: 'self', url: selfURL }];
     for (const e of bundle.entry ?? []) {
       if (e.resource?.id) e.fullUrl = `${base}/${e.resource.resourceType}/${e.resource.id}`;
+    }
+    // Offset paging, as Medplum's server does: a full page gets a next link.
+    if (bundle.type === 'searchset') {
+      const u = new URL(selfURL);
+      const count = Number(u.searchParams.get('_count') ?? 20);
+      const offset = Number(u.searchParams.get('_offset') ?? 0);
+      const matches = (bundle.entry ?? []).filter((e) => (e.search?.mode ?? 'match') === 'match').length;
+      if (count > 0 && matches >= count) {
+        u.searchParams.set('_offset', String(offset + count));
+        bundle.link.push({ relation: 'next', url: u.toString() });
+      }
     }
   }
   if (bundle.type === 'transaction-response' || bundle.type === 'batch-response') {
