@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"strings"
+	"sync"
 
 	"github.com/kapfhir/kapfhir/store/sqlstore"
 )
@@ -67,3 +68,68 @@ func (q querier) Query(ctx context.Context, query string, args ...any) (sqlstore
 type sqlRows struct{ *sql.Rows }
 
 func (r sqlRows) Close() { r.Rows.Close() }
+
+// maxCachedStmts bounds the read pool's statement cache (searches with
+// different numbers of values are different statements).
+const maxCachedStmts = 256
+
+// stmtCache is the read pool's querier: it prepares each statement once and
+// reuses it on every connection (parsing SQL is most of a point read's cost).
+type stmtCache struct {
+	db    *sql.DB
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
+}
+
+func newStmtCache(db *sql.DB) *stmtCache { return &stmtCache{db: db, stmts: map[string]*sql.Stmt{}} }
+
+// stmt returns the prepared statement for query, or nil when the cache is full.
+func (c *stmtCache) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.stmts[query]; ok {
+		return s, nil
+	}
+	if len(c.stmts) >= maxCachedStmts {
+		return nil, nil
+	}
+	s, err := c.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	c.stmts[query] = s
+	return s, nil
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.stmts {
+		s.Close()
+	}
+	c.stmts = map[string]*sql.Stmt{}
+}
+
+func (c *stmtCache) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	return querier{c.db}.Exec(ctx, query, args...)
+}
+
+func (c *stmtCache) QueryRow(ctx context.Context, query string, args ...any) sqlstore.Row {
+	s, err := c.stmt(ctx, query)
+	if err != nil || s == nil {
+		return c.db.QueryRowContext(ctx, query, args...)
+	}
+	return s.QueryRowContext(ctx, args...)
+}
+
+func (c *stmtCache) Query(ctx context.Context, query string, args ...any) (sqlstore.Rows, error) {
+	s, err := c.stmt(ctx, query)
+	if err != nil || s == nil {
+		return querier{c.db}.Query(ctx, query, args...)
+	}
+	rows, err := s.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rows}, nil
+}

@@ -1,0 +1,217 @@
+package bench
+
+// Sync throughput and drain benchmarks (issue: EHR sync). They run the real
+// engine on a real SQLite store against an in-process EHR that answers
+// conditional updates after an injected latency:
+//
+//	go test ./test/bench -run '^$' -bench Sync -benchtime 1x
+//
+// Throughput is compared with its bound, concurrency/latency, measured in the
+// same run; the drain benchmark compares the time to drain a backlog under a
+// rate limit with backlog/rate. KAPFHIR_BENCH_BACKLOG sets the drain backlog
+// (default 1000; the issue's figure is 10000: 500 s at 20/s).
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kapfhir/kapfhir/adapter/ehrclient"
+	"github.com/kapfhir/kapfhir/adapter/engine"
+	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/catalogue"
+	"github.com/kapfhir/kapfhir/endpoint"
+	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/store/sqlite"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// fakeEHR answers what the engine asks, after latency per write.
+func fakeEHR(latency time.Duration, writes *atomic.Int64) *httptest.Server {
+	const metadata = `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[` +
+		`{"type":"Patient","interaction":[{"code":"read"},{"code":"search-type"}]},` +
+		`{"type":"Goal","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true},` +
+		`{"type":"Appointment","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true},` +
+		`{"type":"CarePlan","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true},` +
+		`{"type":"Observation","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true}]}]}`
+	const patients = `{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Patient","id":"ehr-patient"},"search":{"mode":"match"}}]}`
+	var n atomic.Int64
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/fhir+json")
+		switch {
+		case r.URL.Path == "/fhir/metadata":
+			w.Write([]byte(metadata))
+		case r.Method == http.MethodGet && r.URL.Path == "/fhir/Patient":
+			w.Write([]byte(patients))
+		case r.Method == http.MethodPut:
+			time.Sleep(latency) // the injected EHR latency (server side)
+			writes.Add(1)
+			typ := strings.TrimPrefix(r.URL.Path, "/fhir/")
+			id := n.Add(1)
+			w.Header().Set("Location", fmt.Sprintf("/fhir/%s/e%d/_history/1", typ, id))
+			w.Header().Set("ETag", `W/"1"`)
+			w.WriteHeader(http.StatusCreated)
+		default:
+			http.Error(w, "not found", http.StatusNotFound)
+		}
+	}))
+}
+
+// syncFixture is a SQLite store holding programmes of patients; each
+// benchmark adds its own endpoint and backfills it.
+type syncFixture struct {
+	db     *sqlite.DB
+	system string
+	items  int
+}
+
+func newSyncFixture(b *testing.B, patients int) *syncFixture {
+	b.Helper()
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "kapfhir.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	cat, err := catalogue.Load("")
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc, err := app.New(ctx, app.Options{Store: db, Catalogue: cat, Calendar: treatment.DefaultCalendar(time.UTC)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range patients {
+		p, err := svc.CreatePatient(ctx, app.PatientInput{
+			Identifiers: []treatment.Identifier{{System: "https://clinic.example/mrn", Value: fmt.Sprintf("B%05d", i)}},
+			Family:      "Bench", BirthDate: "1980-01-01", Gender: "other",
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return &syncFixture{db: db, system: svc.IdentifierSystem()}
+}
+
+// drain adds endpoint ep, backfills it and runs a worker until its queue is
+// empty; it returns the items sent and the time taken.
+func (f *syncFixture) drain(b *testing.B, ep endpoint.Endpoint) (int, time.Duration) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	now := time.Now().UTC()
+	if err := f.db.PutEndpoint(ctx, endpoint.Stored{Endpoint: ep, Source: endpoint.SourceAPI, AuthState: endpoint.AuthOK, Created: now, Updated: now}); err != nil {
+		b.Fatal(err)
+	}
+	client, err := ehrclient.New(ep, ehrclient.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, err := f.db.Backfill(ctx, ep.ID, ep.ResourceTypes, now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	var closed atomic.Bool
+	check := func() {
+		st, err := f.db.Stats(ctx, ep.ID)
+		if err == nil && st.ByState[outbox.Pending]+st.ByState[outbox.Retrying]+st.ByState[outbox.InFlight] == 0 && closed.CompareAndSwap(false, true) {
+			close(done)
+		}
+	}
+	w := engine.New(engine.Options{
+		Endpoint: ep, IdentifierSystem: f.system, Store: f.db, EHR: client, Owner: "bench",
+		Poll: 10 * time.Millisecond, OnBatch: check,
+	})
+	start := time.Now()
+	go w.Run(ctx)
+	<-done
+	elapsed := time.Since(start)
+	st, err := f.db.Stats(ctx, ep.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if st.ByState[outbox.Succeeded] != n {
+		b.Fatalf("%d of %d items succeeded: %+v", st.ByState[outbox.Succeeded], n, st.ByState)
+	}
+	return n, elapsed
+}
+
+func benchEndpoint(id, url string) endpoint.Endpoint {
+	ep := endpoint.Defaults()
+	ep.ID, ep.Name, ep.FHIRBaseURL = id, id, url+"/fhir"
+	ep.Auth = endpoint.Auth{Type: endpoint.AuthNone}
+	ep.PatientIdentifierSystem = "https://clinic.example/mrn"
+	ep.RateLimit = endpoint.RateLimit{PerSecond: 1000, Burst: 1000}
+	return ep
+}
+
+// BenchmarkSyncThroughput pushes to an EHR with 20 ms latency at
+// concurrency 1, 4 and 16; bound = concurrency / latency.
+func BenchmarkSyncThroughput(b *testing.B) {
+	const latency = 20 * time.Millisecond
+	var writes atomic.Int64
+	ehr := fakeEHR(latency, &writes)
+	defer ehr.Close()
+	f := newSyncFixture(b, 48)
+	run := 0
+	for _, c := range []int{1, 4, 16} {
+		b.Run(fmt.Sprintf("concurrency-%d", c), func(b *testing.B) {
+			for b.Loop() {
+				run++
+				ep := benchEndpoint(fmt.Sprintf("tp-%d-%d", c, run), ehr.URL)
+				ep.Concurrency = c
+				n, d := f.drain(b, ep)
+				rate := float64(n) / d.Seconds()
+				bound := float64(c) / latency.Seconds()
+				b.ReportMetric(rate, "items/s")
+				b.ReportMetric(bound, "bound/s")
+				b.ReportMetric(rate/bound, "x-bound")
+				b.ReportMetric(float64(n), "items")
+			}
+		})
+	}
+}
+
+// BenchmarkSyncDrain drains a backlog under a 20/s rate limit; the goal is
+// a drain time at most 1.1 × backlog/rate.
+func BenchmarkSyncDrain(b *testing.B) {
+	backlog := 1000
+	if v, err := strconv.Atoi(os.Getenv("KAPFHIR_BENCH_BACKLOG")); err == nil && v > 0 {
+		backlog = v
+	}
+	const rate = 20.0
+	var writes atomic.Int64
+	ehr := fakeEHR(0, &writes)
+	defer ehr.Close()
+	// A 6-infusion programme has 16 synced resources (13 Appointments, a
+	// CarePlan, 2 Goals).
+	f := newSyncFixture(b, (backlog+15)/16)
+	run := 0
+	for b.Loop() {
+		run++
+		ep := benchEndpoint(fmt.Sprintf("drain-%d", run), ehr.URL)
+		ep.Concurrency = 4
+		ep.RateLimit = endpoint.RateLimit{PerSecond: rate, Burst: 1}
+		n, d := f.drain(b, ep)
+		bound := time.Duration(float64(n) / rate * float64(time.Second))
+		b.ReportMetric(float64(n), "items")
+		b.ReportMetric(d.Seconds(), "drain-s")
+		b.ReportMetric(bound.Seconds(), "bound-s")
+		b.ReportMetric(d.Seconds()/bound.Seconds(), "x-bound")
+	}
+}
