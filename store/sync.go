@@ -55,6 +55,10 @@ type Sync interface {
 	// log (except a Release); a conflict error when the lease was lost (the
 	// item is not in flight under r.Owner, or is gone).
 	Finish(ctx context.Context, r outbox.Result) error
+	// FinishBatch finishes several items in one transaction. A lost lease
+	// is that item's conflict error in the returned slice (the others are
+	// still applied); any other error fails them all.
+	FinishBatch(ctx context.Context, rs []outbox.Result) ([]error, error)
 	// Item returns one item, or not_found.
 	Item(ctx context.Context, id int64) (outbox.Item, error)
 	// Items lists items matching f, by id, at most f.Limit (default 100,

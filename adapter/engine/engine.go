@@ -39,7 +39,7 @@ import (
 // Store is what the engine needs of the store.
 type Store interface {
 	Lease(ctx context.Context, l outbox.Lease) ([]outbox.Batch, error)
-	Finish(ctx context.Context, r outbox.Result) error
+	FinishBatch(ctx context.Context, rs []outbox.Result) ([]error, error)
 	Links(ctx context.Context, endpointID string, keys []resource.Key) (map[resource.Key]outbox.Item, error)
 	Read(ctx context.Context, typ, id string) (resource.Version, error)
 	SetEndpointState(ctx context.Context, id string, state endpoint.AuthState, lastError string, now time.Time) error
@@ -283,12 +283,19 @@ func ehrIDFrom(typ string, resp *ehrclient.Response) string {
 
 func success(status int) bool { return status == http.StatusOK || status == http.StatusCreated }
 
-// typeOrder sorts items so that references point backwards where they can.
+// pushOrder is the order a patient's items are written in. References
+// point backwards where they can; the cycles are broken so that as few
+// resources as possible are written twice: the CarePlan goes first without
+// its goals and activities (they are deferred), then Goals, Appointments
+// (whose supportingInformation now resolves) and Observations, and the
+// second pass writes the CarePlan again, complete.
+var pushOrder = []string{"Patient", "CarePlan", "Goal", "Appointment", "Observation"}
+
 func typeOrder(typ string) int {
-	if i := slices.Index(endpoint.SyncableTypes, typ); i >= 0 {
+	if i := slices.Index(pushOrder, typ); i >= 0 {
 		return i
 	}
-	return len(endpoint.SyncableTypes)
+	return len(pushOrder)
 }
 
 // Strategy describes, in plain words, how the engine writes resources of

@@ -61,18 +61,27 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
 	}
 	results := map[int64]result{}
 	var stop error
+	// finish records every item's result in one transaction.
 	finish := func() int {
-		n := 0
-		for _, it := range items {
+		rs := make([]outbox.Result, len(items))
+		for i, it := range items {
 			r, ok := results[it.ID]
 			if !ok {
 				r = result{outcome: outbox.Release}
 			}
-			if err := w.finish(ctx, it, r); err != nil {
-				w.log.Warn("finishing a sync item failed", "item", it.ID, "error", err)
-				continue
-			}
-			if r.outcome != outbox.Release {
+			rs[i] = w.result(it, r)
+		}
+		errs, err := w.o.Store.FinishBatch(context.WithoutCancel(ctx), rs)
+		if err != nil {
+			w.log.Warn("finishing a sync batch failed; its lease will expire and the work be taken over", "patient", b.PatientID, "error", err)
+			return 0
+		}
+		n := 0
+		for i, r := range rs {
+			switch {
+			case errs[i] != nil:
+				w.log.Warn("finishing a sync item failed", "item", r.ItemID, "error", errs[i])
+			case r.Outcome != outbox.Release:
 				n++
 			}
 		}
@@ -163,8 +172,8 @@ func (w *Worker) authFailed(ctx context.Context, err error) error {
 	return ErrAuthFailed
 }
 
-// finish records one item's result.
-func (w *Worker) finish(ctx context.Context, it outbox.Item, r result) error {
+// result turns one item's outcome into the store's Result.
+func (w *Worker) result(it outbox.Item, r result) outbox.Result {
 	now := w.o.Now()
 	res := outbox.Result{
 		ItemID: it.ID, Owner: w.o.Owner, Outcome: r.outcome, Now: now,
@@ -182,10 +191,7 @@ func (w *Worker) finish(ctx context.Context, it outbox.Item, r result) error {
 			res.Error = fmt.Sprintf("written without references to %d resource(s) the EHR does not hold yet", len(r.deferred))
 		}
 	}
-	if w.log.Enabled(ctx, -4) {
-		w.log.Debug("sync item finished", "item", it.ID, "type", it.ResourceType, "outcome", string(res.Outcome), "status", r.status)
-	}
-	return w.o.Store.Finish(context.WithoutCancel(ctx), res)
+	return res
 }
 
 // resolvePatient finds the patient in the EHR: through the crosswalk when

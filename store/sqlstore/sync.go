@@ -445,57 +445,83 @@ func event(it outbox.Item, action string, now time.Time, actor string) outbox.Ev
 
 // Finish implements store.Sync.
 func (s Queue) Finish(ctx context.Context, r outbox.Result) error {
-	return s.inTx(ctx, func(q Querier) error {
-		it, err := lockItem(ctx, s.d, q, r.ItemID)
-		if err != nil && treatment.ErrorKind(err) == treatment.KindNotFound {
-			return treatment.Errorf(treatment.KindConflict, "sync item %d is gone: its lease was lost", r.ItemID)
-		}
-		if err != nil {
-			return err
-		}
-		if it.State != outbox.InFlight || it.LeaseOwner != r.Owner {
-			return treatment.Errorf(treatment.KindConflict, "sync item %d is no longer leased by %s", r.ItemID, r.Owner)
-		}
-		ev := event(it, string(r.Outcome), r.Now, "sync")
-		ev.Status, ev.EHRID, ev.EHRVersion, ev.Request, ev.Detail = r.Status, r.EHRID, r.EHRVersion, r.Request, r.Error
-		it.LeaseOwner, it.LeaseUntil, it.Updated = "", time.Time{}, r.Now
-		if r.EHRID != "" {
-			it.EHRID = r.EHRID
-		}
-		if r.EHRVersion != "" {
-			it.EHRVersion = r.EHRVersion
-		}
-		switch r.Outcome {
-		case outbox.Sent, outbox.Unchanged:
-			it.SentVersion = max(it.SentVersion, r.SentVersion)
-			if r.SentHash != nil {
-				it.SentHash = r.SentHash
+	return s.inTx(ctx, func(q Querier) error { return finish(ctx, s.d, q, r) })
+}
+
+// FinishBatch implements store.Sync.
+func (s Queue) FinishBatch(ctx context.Context, rs []outbox.Result) ([]error, error) {
+	errs := make([]error, len(rs))
+	err := s.inTx(ctx, func(q Querier) error {
+		for i, r := range rs {
+			err := finish(ctx, s.d, q, r)
+			if treatment.ErrorKind(err) == treatment.KindConflict {
+				errs[i] = err // checked before anything was written
+				continue
 			}
-			it.Attempts, it.LastStatus, it.LastError, it.Outcome = 0, r.Status, "", nil
-			it.State = outbox.Succeeded
-			if it.WantVersion > it.SentVersion {
-				it.State, it.NextAttempt = outbox.Pending, r.Now
+			if err != nil {
+				return err
 			}
-			ev.Version = r.SentVersion
-		case outbox.Retry:
-			it.State, it.NextAttempt = outbox.Retrying, r.RetryAt
-			it.Attempts, it.LastStatus, it.LastError, it.Outcome = it.Attempts+1, r.Status, r.Error, r.OpOut
-		case outbox.Reject:
-			it.State = outbox.Dead
-			it.Attempts, it.LastStatus, it.LastError, it.Outcome = it.Attempts+1, r.Status, r.Error, r.OpOut
-		case outbox.Release:
-			it.State = outbox.Pending
-		default:
-			return treatment.Errorf(treatment.KindInvalid, "unknown sync outcome %q", r.Outcome)
 		}
-		if err := writeItem(ctx, s.d, q, it); err != nil {
-			return err
-		}
-		if r.Outcome == outbox.Release {
-			return nil
-		}
-		return appendLog(ctx, s.d, q, ev)
+		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	return errs, nil
+}
+
+// finish applies one result inside a transaction. A conflict is reported
+// before anything is written.
+func finish(ctx context.Context, d *Dialect, q Querier, r outbox.Result) error {
+	it, err := lockItem(ctx, d, q, r.ItemID)
+	if err != nil && treatment.ErrorKind(err) == treatment.KindNotFound {
+		return treatment.Errorf(treatment.KindConflict, "sync item %d is gone: its lease was lost", r.ItemID)
+	}
+	if err != nil {
+		return err
+	}
+	if it.State != outbox.InFlight || it.LeaseOwner != r.Owner {
+		return treatment.Errorf(treatment.KindConflict, "sync item %d is no longer leased by %s", r.ItemID, r.Owner)
+	}
+	ev := event(it, string(r.Outcome), r.Now, "sync")
+	ev.Status, ev.EHRID, ev.EHRVersion, ev.Request, ev.Detail = r.Status, r.EHRID, r.EHRVersion, r.Request, r.Error
+	it.LeaseOwner, it.LeaseUntil, it.Updated = "", time.Time{}, r.Now
+	if r.EHRID != "" {
+		it.EHRID = r.EHRID
+	}
+	if r.EHRVersion != "" {
+		it.EHRVersion = r.EHRVersion
+	}
+	switch r.Outcome {
+	case outbox.Sent, outbox.Unchanged:
+		it.SentVersion = max(it.SentVersion, r.SentVersion)
+		if r.SentHash != nil {
+			it.SentHash = r.SentHash
+		}
+		it.Attempts, it.LastStatus, it.LastError, it.Outcome = 0, r.Status, "", nil
+		it.State = outbox.Succeeded
+		if it.WantVersion > it.SentVersion {
+			it.State, it.NextAttempt = outbox.Pending, r.Now
+		}
+		ev.Version = r.SentVersion
+	case outbox.Retry:
+		it.State, it.NextAttempt = outbox.Retrying, r.RetryAt
+		it.Attempts, it.LastStatus, it.LastError, it.Outcome = it.Attempts+1, r.Status, r.Error, r.OpOut
+	case outbox.Reject:
+		it.State = outbox.Dead
+		it.Attempts, it.LastStatus, it.LastError, it.Outcome = it.Attempts+1, r.Status, r.Error, r.OpOut
+	case outbox.Release:
+		it.State = outbox.Pending
+	default:
+		return treatment.Errorf(treatment.KindInvalid, "unknown sync outcome %q", r.Outcome)
+	}
+	if err := writeItem(ctx, d, q, it); err != nil {
+		return err
+	}
+	if r.Outcome == outbox.Release {
+		return nil
+	}
+	return appendLog(ctx, d, q, ev)
 }
 
 // Item implements store.Sync.

@@ -31,6 +31,7 @@ var syncTests = []struct {
 	{"SyncLeaseOrder", testSyncLeaseOrder},
 	{"SyncLeaseExpiry", testSyncLeaseExpiry},
 	{"SyncLeaseRenew", testSyncLeaseRenew},
+	{"SyncFinishBatch", testSyncFinishBatch},
 	{"SyncFinish", testSyncFinish},
 	{"SyncNewVersionInFlight", testSyncNewVersionInFlight},
 	{"SyncRetryTiming", testSyncRetryTiming},
@@ -441,6 +442,44 @@ func testSyncLeaseRenew(t *testing.T, s store.Store) {
 	}
 	if it.State != outbox.Pending || len(it.SentHash) != 0 || it.SentVersion != 1 {
 		t.Errorf("replayed item: state %s, hash %q, sent version %d", it.State, it.SentHash, it.SentVersion)
+	}
+}
+
+func testSyncFinishBatch(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	addEndpoint(t, s, "ehr")
+	enqueue(t, s, at(0), work("ehr", "Patient", "p1", "p1", 1), work("ehr", "Goal", "g1", "p1", 1), work("ehr", "Goal", "g2", "p1", 1))
+	a := lease(t, s, outbox.Lease{EndpointID: "ehr", Owner: "A", MaxPatients: 1, Now: at(0), For: time.Minute})
+	if len(a) != 1 || len(a[0].Items) != 3 {
+		t.Fatalf("lease: %v", batchKeys(a))
+	}
+	items := a[0].Items
+	// g2 was finished already (say, by an earlier attempt): its result conflicts, the others apply.
+	finish(t, s, outbox.Result{ItemID: items[2].ID, Owner: "A", Outcome: outbox.Release, Now: at(time.Second)})
+	errs, err := s.FinishBatch(ctx, []outbox.Result{
+		{ItemID: items[0].ID, Owner: "A", Outcome: outbox.Sent, SentVersion: 1, EHRID: "E1", Now: at(time.Second)},
+		{ItemID: items[1].ID, Owner: "A", Outcome: outbox.Reject, Error: "no", Status: 422, Now: at(time.Second)},
+		{ItemID: items[2].ID, Owner: "A", Outcome: outbox.Sent, SentVersion: 1, Now: at(time.Second)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs[0] != nil || errs[1] != nil {
+		t.Errorf("errors for leased items: %v", errs)
+	}
+	wantKind(t, "FinishBatch of an item not leased", errs[2], treatment.KindConflict)
+	want := map[int64]outbox.State{items[0].ID: outbox.Succeeded, items[1].ID: outbox.Dead, items[2].ID: outbox.Pending}
+	for id, st := range want {
+		it, err := s.Item(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if it.State != st {
+			t.Errorf("item %s: state %s, want %s", it.ResourceID, it.State, st)
+		}
+	}
+	if evs := logOf(t, s, "ehr"); len(evs) != 2 {
+		t.Errorf("log has %d events, want 2", len(evs))
 	}
 }
 

@@ -34,8 +34,22 @@ import (
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
+// ehrStats counts the fake EHR's writes and the time they took.
+type ehrStats struct {
+	writes atomic.Int64
+	busy   atomic.Int64 // nanoseconds spent answering writes
+}
+
+// latency is the mean time the EHR took to answer a write, as measured.
+func (s *ehrStats) latency() time.Duration {
+	if n := s.writes.Load(); n > 0 {
+		return time.Duration(s.busy.Load() / n)
+	}
+	return 0
+}
+
 // fakeEHR answers what the engine asks, after latency per write.
-func fakeEHR(latency time.Duration, writes *atomic.Int64) *httptest.Server {
+func fakeEHR(latency time.Duration, st *ehrStats) *httptest.Server {
 	const metadata = `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[` +
 		`{"type":"Patient","interaction":[{"code":"read"},{"code":"search-type"}]},` +
 		`{"type":"Goal","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true},` +
@@ -52,8 +66,9 @@ func fakeEHR(latency time.Duration, writes *atomic.Int64) *httptest.Server {
 		case r.Method == http.MethodGet && r.URL.Path == "/fhir/Patient":
 			w.Write([]byte(patients))
 		case r.Method == http.MethodPut:
+			start := time.Now()
 			time.Sleep(latency) // the injected EHR latency (server side)
-			writes.Add(1)
+			defer func() { st.writes.Add(1); st.busy.Add(int64(time.Since(start))) }()
 			typ := strings.TrimPrefix(r.URL.Path, "/fhir/")
 			id := n.Add(1)
 			w.Header().Set("Location", fmt.Sprintf("/fhir/%s/e%d/_history/1", typ, id))
@@ -161,13 +176,14 @@ func benchEndpoint(id, url string) endpoint.Endpoint {
 }
 
 // BenchmarkSyncThroughput pushes to an EHR with 20 ms latency at
-// concurrency 1, 4 and 16; bound = concurrency / latency.
+// concurrency 1, 4 and 16; bound = concurrency / latency, with the latency
+// the EHR actually took, measured in the same run.
 func BenchmarkSyncThroughput(b *testing.B) {
 	const latency = 20 * time.Millisecond
-	var writes atomic.Int64
-	ehr := fakeEHR(latency, &writes)
+	var st ehrStats
+	ehr := fakeEHR(latency, &st)
 	defer ehr.Close()
-	f := newSyncFixture(b, 48)
+	f := newSyncFixture(b, 96)
 	run := 0
 	for _, c := range []int{1, 4, 16} {
 		b.Run(fmt.Sprintf("concurrency-%d", c), func(b *testing.B) {
@@ -175,9 +191,13 @@ func BenchmarkSyncThroughput(b *testing.B) {
 				run++
 				ep := benchEndpoint(fmt.Sprintf("tp-%d-%d", c, run), ehr.URL)
 				ep.Concurrency = c
+				st.writes.Store(0)
+				st.busy.Store(0)
 				n, d := f.drain(b, ep)
 				rate := float64(n) / d.Seconds()
-				bound := float64(c) / latency.Seconds()
+				bound := float64(c) / st.latency().Seconds()
+				b.ReportMetric(float64(st.latency().Microseconds())/1000, "latency-ms")
+				b.ReportMetric(float64(st.writes.Load())/float64(n), "writes/item")
 				b.ReportMetric(rate, "items/s")
 				b.ReportMetric(bound, "bound/s")
 				b.ReportMetric(rate/bound, "x-bound")
@@ -195,8 +215,8 @@ func BenchmarkSyncDrain(b *testing.B) {
 		backlog = v
 	}
 	const rate = 20.0
-	var writes atomic.Int64
-	ehr := fakeEHR(0, &writes)
+	var st ehrStats
+	ehr := fakeEHR(0, &st)
 	defer ehr.Close()
 	// A 6-infusion programme has 16 synced resources (13 Appointments, a
 	// CarePlan, 2 Goals).
