@@ -16,20 +16,18 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kapfhir/kapfhir/test/nodetest"
 )
 
 // startTimeout bounds how long the server may take to print its listening
@@ -37,39 +35,16 @@ import (
 const startTimeout = 60 * time.Second
 
 // Dir is the test EHR's directory (test/ehr).
-func Dir() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "ehr")
-}
-
-// mandatory reports whether a missing Node.js fails instead of skipping.
-func mandatory() bool {
-	return os.Getenv("KAPFHIR_REQUIRE_NODE") == "1" || os.Getenv("CI") == "true"
-}
+func Dir() string { return nodetest.Dir("ehr") }
 
 // Available reports why the test EHR cannot run, or nil when it can.
-func Available() error {
-	if _, err := exec.LookPath("node"); err != nil {
-		return errors.New("node is not on PATH")
-	}
-	if _, err := os.Stat(filepath.Join(Dir(), "node_modules", "@medplum", "fhir-router")); err != nil {
-		return errors.New("test EHR packages are not installed (run: npm ci --prefix test/ehr)")
-	}
-	return nil
-}
+func Available() error { return nodetest.Available(Dir(), "@medplum/fhir-router") }
 
 // Require skips t when the test EHR cannot run, or fails it when Node.js is
 // mandatory (KAPFHIR_REQUIRE_NODE=1 or CI=true).
 func Require(t testing.TB) {
 	t.Helper()
-	err := Available()
-	if err == nil {
-		return
-	}
-	if mandatory() {
-		t.Fatalf("test EHR required but unavailable: %v", err)
-	}
-	t.Skipf("skipping test against the test EHR: %v (set KAPFHIR_REQUIRE_NODE=1 to make this fail)", err)
+	nodetest.Require(t, "the test EHR", Available())
 }
 
 // Options configure a test EHR at start.

@@ -11,50 +11,26 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/kapfhir/kapfhir/test/nodetest"
 )
 
 // Dir is the validator's directory (test/validator).
-func Dir() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "validator")
-}
-
-// mandatory reports whether a missing validator fails instead of skipping.
-func mandatory() bool {
-	return os.Getenv("KAPFHIR_REQUIRE_NODE") == "1" || os.Getenv("CI") == "true"
-}
+func Dir() string { return nodetest.Dir("validator") }
 
 // Available reports why the validator cannot run, or nil when it can.
-func Available() error {
-	if _, err := exec.LookPath("node"); err != nil {
-		return errors.New("node is not on PATH")
-	}
-	if _, err := os.Stat(filepath.Join(Dir(), "node_modules", "@medplum", "core")); err != nil {
-		return fmt.Errorf("validator packages are not installed (run: npm ci --prefix test/validator)")
-	}
-	return nil
-}
+func Available() error { return nodetest.Available(Dir(), "@medplum/core") }
 
-// Require skips t when the validator cannot run, or fails it when the
-// validator is mandatory (KAPFHIR_REQUIRE_NODE=1 or CI=true).
+// Require skips t when the validator cannot run, or fails it when it is
+// mandatory (KAPFHIR_REQUIRE_NODE=1 or CI=true).
 func Require(t testing.TB) {
 	t.Helper()
-	err := Available()
-	if err == nil {
-		return
-	}
-	if mandatory() {
-		t.Fatalf("independent FHIR validator required but unavailable: %v", err)
-	}
-	t.Skipf("skipping independent FHIR validation: %v (set KAPFHIR_REQUIRE_NODE=1 to make this fail)", err)
+	nodetest.Require(t, "the independent FHIR validator", Available())
 }
 
 // result is one line of validate.mjs output.
