@@ -6,10 +6,9 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
-	"github.com/kapfhir/kapfhir/adapter/outbound"
-	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -151,27 +150,22 @@ func (m *Manager) ehrCopies(ctx context.Context, c *ehrclient.Client, typ string
 		if resp.Status != http.StatusOK {
 			return nil, treatment.Errorf(treatment.KindUnavailable, "reconcile: searching %s answered %d", typ, resp.Status)
 		}
-		cr, err := fhirjson.Unmarshal(resp.Body)
+		page, err := ehrclient.ParsePage(resp.Body)
 		if err != nil {
-			return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: "reconcile: the EHR's " + typ + " search is not a valid Bundle", Err: err}
+			return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: "reconcile: the EHR's " + typ + " search is not a Bundle", Err: err}
 		}
-		b := cr.GetBundle()
-		for _, e := range b.GetEntry() {
-			k, err := outbound.Identify(e.GetResource())
-			if err != nil || k.Type != typ {
+		prefix := m.o.IdentifierSystem + "|"
+		for _, e := range page.Entries {
+			if !e.Match || e.ResourceType != typ {
 				continue
 			}
-			version := outbound.VersionID(e.GetResource())
-			for _, v := range outbound.Identifiers(e.GetResource(), m.o.IdentifierSystem) {
-				out[v] = append(out[v], ehrCopy{id: k.ID, version: version})
+			for _, ident := range e.Identifiers {
+				if v, ok := strings.CutPrefix(ident, prefix); ok {
+					out[v] = append(out[v], ehrCopy{id: e.ID, version: e.VersionID})
+				}
 			}
 		}
-		path = ""
-		for _, l := range b.GetLink() {
-			if l.GetRelation().GetValue() == "next" {
-				path = l.GetUrl().GetValue()
-			}
-		}
+		path = page.Next
 	}
 	return out, nil
 }

@@ -484,18 +484,14 @@ func (bt *batch) searchIDs(ctx context.Context, typ, ident string) ([]string, er
 	if resp.Status != http.StatusOK {
 		return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: fmt.Sprintf("search %s by identifier: the EHR answered %d", typ, resp.Status)}
 	}
-	cr, err := fhirjson.Unmarshal(resp.Body)
+	page, err := ehrclient.ParsePage(resp.Body)
 	if err != nil {
-		return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: "search " + typ + " by identifier: the answer is not a valid Bundle", Err: err}
+		return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: "search " + typ + " by identifier: the answer is not a Bundle", Err: err}
 	}
 	var ids []string
-	for _, e := range cr.GetBundle().GetEntry() {
-		if m := e.GetSearch().GetMode(); m != nil && m.GetValue().String() != "MATCH" {
-			continue
-		}
-		k, err := outbound.Identify(e.GetResource())
-		if err == nil && k.Type == typ {
-			ids = append(ids, k.ID)
+	for _, e := range page.Entries {
+		if e.Match && e.ResourceType == typ && slices.Contains(e.Identifiers, ident) {
+			ids = append(ids, e.ID)
 		}
 	}
 	return ids, nil

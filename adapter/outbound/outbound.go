@@ -255,16 +255,3 @@ func Identifiers(cr *bcrpb.ContainedResource, system string) []string {
 	}
 	return out
 }
-
-// VersionID returns a parsed resource's meta.versionId ("" when none).
-func VersionID(cr *bcrpb.ContainedResource) string {
-	root, err := resourceOf(cr.ProtoReflect())
-	if err != nil {
-		return ""
-	}
-	fd := root.Descriptor().Fields().ByName("meta")
-	if fd == nil || !root.Has(fd) {
-		return ""
-	}
-	return root.Get(fd).Message().Interface().(*d4pb.Meta).GetVersionId().GetValue()
-}

@@ -17,15 +17,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
-	c4pb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/codes_go_proto"
-
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
-	"github.com/kapfhir/kapfhir/adapter/outbound"
 	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/endpoint"
-	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
@@ -82,11 +79,11 @@ func New(o Options) *Poller {
 }
 
 // statuses are the EHR appointment statuses applied to sessions.
-var statuses = map[c4pb.AppointmentStatusCode_Value]string{
-	c4pb.AppointmentStatusCode_CANCELLED: "cancelled",
-	c4pb.AppointmentStatusCode_NOSHOW:    "noshow",
-	c4pb.AppointmentStatusCode_FULFILLED: "fulfilled",
-	c4pb.AppointmentStatusCode_ARRIVED:   "arrived",
+var statuses = map[string]string{
+	"cancelled": "cancelled",
+	"noshow":    "noshow",
+	"fulfilled": "fulfilled",
+	"arrived":   "arrived",
 }
 
 // Run polls every interval until ctx ends.
@@ -135,38 +132,35 @@ func (p *Poller) Once(ctx context.Context) (int, error) {
 		if resp.Status != http.StatusOK {
 			return applied, fmt.Errorf("pull: searching appointments answered %d", resp.Status)
 		}
-		cr, err := fhirjson.Unmarshal(resp.Body)
+		page, err := ehrclient.ParsePage(resp.Body)
 		if err != nil {
-			return applied, fmt.Errorf("pull: the search answer is not a valid Bundle: %w", err)
+			return applied, fmt.Errorf("pull: the search answer is not a Bundle: %w", err)
 		}
-		b := cr.GetBundle()
-		for _, e := range b.GetEntry() {
-			a := e.GetResource().GetAppointment()
-			if a == nil {
+		prefix := p.o.IdentifierSystem + "|"
+		for _, e := range page.Entries {
+			if !e.Match || e.ResourceType != "Appointment" {
 				continue
 			}
-			if lu := a.GetMeta().GetLastUpdated(); lu != nil {
-				if t := time.UnixMicro(lu.GetValueUs()); t.After(seen) {
-					seen = t
+			if e.LastUpdated.After(seen) {
+				seen = e.LastUpdated
+			}
+			var ids []string
+			for _, ident := range e.Identifiers {
+				if v, ok := strings.CutPrefix(ident, prefix); ok {
+					ids = append(ids, v)
 				}
 			}
-			ids := outbound.Identifiers(e.GetResource(), p.o.IdentifierSystem)
-			status, ok := statuses[a.GetStatus().GetValue()]
+			status, ok := statuses[e.Status]
 			if len(ids) != 1 || !ok {
 				continue
 			}
-			n, err := p.apply(ctx, ids[0], status, a.GetId().GetValue())
+			n, err := p.apply(ctx, ids[0], status, e.ID)
 			if err != nil {
 				return applied, err
 			}
 			applied += n
 		}
-		path = ""
-		for _, l := range b.GetLink() {
-			if l.GetRelation().GetValue() == "next" {
-				path = l.GetUrl().GetValue()
-			}
-		}
+		path = page.Next
 	}
 	if seen.After(hwm) {
 		err := p.o.Store.InTx(ctx, func(tx store.Tx) error {

@@ -1,0 +1,363 @@
+package engine
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kapfhir/kapfhir/adapter/ehrclient"
+	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/catalogue"
+	"github.com/kapfhir/kapfhir/endpoint"
+	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/store/sqlite"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// scriptedEHR is a small FHIR server for scripting what an EHR answers:
+// which writes it supports, and which faults it injects. The real EHR
+// behaviour is tested end to end against the test EHR (test/e2e).
+type scriptedEHR struct {
+	conditionalUpdate, conditionalCreate bool
+
+	mu       sync.Mutex
+	next     int
+	stored   map[string]map[string]string // type -> EHR id -> body (with id)
+	reject   map[string]bool              // identifier values answered 422
+	requests []string                     // "METHOD path"
+}
+
+func newScriptedEHR() *scriptedEHR {
+	return &scriptedEHR{stored: map[string]map[string]string{}, reject: map[string]bool{}}
+}
+
+var identRE = regexp.MustCompile(`"system":"([^"]+)","value":"([^"]+)"`)
+
+// matches returns the EHR ids of typ resources carrying identifier sys|val.
+func (e *scriptedEHR) matches(typ, ident string) []string {
+	var out []string
+	for id, body := range e.stored[typ] {
+		for _, m := range identRE.FindAllStringSubmatch(body, -1) {
+			if m[1]+"|"+m[2] == ident {
+				out = append(out, id)
+			}
+		}
+	}
+	return out
+}
+
+func (e *scriptedEHR) put(typ, id, body string) {
+	if e.stored[typ] == nil {
+		e.stored[typ] = map[string]string{}
+	}
+	body = regexp.MustCompile(`^\{("id":"[^"]*",)?`).ReplaceAllString(body, `{"id":"`+id+`",`)
+	e.stored[typ][id] = body
+}
+
+func (e *scriptedEHR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	path := strings.TrimPrefix(r.URL.Path, "/fhir/")
+	e.requests = append(e.requests, r.Method+" "+path)
+	w.Header().Set("Content-Type", "application/fhir+json")
+	body, _ := io.ReadAll(r.Body)
+	typ, id, _ := strings.Cut(path, "/")
+	ident := r.URL.Query().Get("identifier")
+	for _, m := range identRE.FindAllStringSubmatch(string(body), -1) {
+		if e.reject[m[2]] {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			io.WriteString(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"business-rule","diagnostics":"rejected"}]}`)
+			return
+		}
+	}
+	written := func(status int, id string) {
+		w.Header().Set("Location", fmt.Sprintf("/fhir/%s/%s/_history/1", typ, id))
+		w.Header().Set("ETag", `W/"1"`)
+		w.WriteHeader(status)
+	}
+	switch {
+	case path == "metadata":
+		fmt.Fprintf(w, `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[%s]}]}`, e.resources())
+	case r.Method == http.MethodGet && id == "":
+		var entries []string
+		for _, id := range e.matches(typ, ident) {
+			entries = append(entries, `{"resource":`+e.stored[typ][id]+`,"search":{"mode":"match"}}`)
+		}
+		fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[%s]}`, strings.Join(entries, ","))
+	case r.Method == http.MethodPut && id == "" && e.conditionalUpdate:
+		ids := e.matches(typ, ident)
+		switch len(ids) {
+		case 0:
+			e.next++
+			nid := fmt.Sprintf("e%d", e.next)
+			e.put(typ, nid, string(body))
+			written(http.StatusCreated, nid)
+		case 1:
+			e.put(typ, ids[0], string(body))
+			written(http.StatusOK, ids[0])
+		default:
+			w.WriteHeader(http.StatusPreconditionFailed)
+			io.WriteString(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"duplicate"}]}`)
+		}
+	case r.Method == http.MethodPut && id != "":
+		if _, ok := e.stored[typ][id]; !ok {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		e.put(typ, id, string(body))
+		written(http.StatusOK, id)
+	case r.Method == http.MethodPost && id == "":
+		if ine := r.Header.Get("If-None-Exist"); ine != "" && e.conditionalCreate {
+			if ids := e.matches(typ, strings.TrimPrefix(mustUnescape(ine), "identifier=")); len(ids) > 0 {
+				written(http.StatusOK, ids[0])
+				return
+			}
+		}
+		e.next++
+		nid := fmt.Sprintf("e%d", e.next)
+		e.put(typ, nid, string(body))
+		written(http.StatusCreated, nid)
+	default:
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	}
+}
+
+func mustUnescape(s string) string {
+	s = strings.ReplaceAll(s, "%7C", "|")
+	return strings.ReplaceAll(s, "%3A", ":")
+}
+
+func (e *scriptedEHR) resources() string {
+	var out []string
+	for _, typ := range []string{"Patient", "Goal", "Appointment", "CarePlan", "Observation"} {
+		out = append(out, fmt.Sprintf(`{"type":%q,"interaction":[{"code":"read"},{"code":"create"},{"code":"update"},{"code":"search-type"}],"conditionalUpdate":%v,"conditionalCreate":%v}`,
+			typ, e.conditionalUpdate, e.conditionalCreate))
+	}
+	return strings.Join(out, ",")
+}
+
+// fixture is a store with one endpoint pointing at ehr and one enrolled
+// patient (also in the EHR, by MRN).
+type fixture struct {
+	db     *sqlite.DB
+	svc    *app.Service
+	w      *Worker
+	ehr    *scriptedEHR
+	ep     endpoint.Endpoint
+	progID string
+}
+
+func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
+	t.Helper()
+	ctx := t.Context()
+	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "kapfhir.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(ehr)
+	t.Cleanup(srv.Close)
+	ep := endpoint.Defaults()
+	ep.ID, ep.Name, ep.FHIRBaseURL = "ehr", "EHR", srv.URL+"/fhir"
+	ep.Auth = endpoint.Auth{Type: endpoint.AuthNone}
+	ep.PatientIdentifierSystem = "https://clinic.example/mrn"
+	ep.RateLimit = endpoint.RateLimit{PerSecond: 1000, Burst: 1000}
+	ep.Retry.MinBackoff, ep.Retry.MaxBackoff = endpoint.Duration(time.Millisecond), endpoint.Duration(2*time.Millisecond)
+	now := time.Now().UTC()
+	if err := db.PutEndpoint(ctx, endpoint.Stored{Endpoint: ep, Source: endpoint.SourceAPI, AuthState: endpoint.AuthOK, Created: now, Updated: now}); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalogue.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := app.New(ctx, app.Options{Store: db, Catalogue: cat, Calendar: treatment.DefaultCalendar(time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ehr.put("Patient", "ehr-pat", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M1"}]}`)
+	p, err := svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: ep.PatientIdentifierSystem, Value: "M1"}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := ehrclient.New(ep, ehrclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := New(Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Store: db, EHR: client, Owner: "test"})
+	return &fixture{db: db, svc: svc, w: w, ehr: ehr, ep: ep, progID: prog.ID}
+}
+
+// run pushes until nothing is due now.
+func (f *fixture) run(t *testing.T) {
+	t.Helper()
+	for range 100 {
+		n, err := f.w.Once(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+	}
+	t.Fatal("the queue did not settle")
+}
+
+func (f *fixture) states(t *testing.T) map[outbox.State]int {
+	t.Helper()
+	st, err := f.db.Stats(t.Context(), "ehr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.ByState
+}
+
+// each resource is in the EHR exactly once.
+func (f *fixture) once(t *testing.T) int {
+	t.Helper()
+	items, err := f.db.Items(t.Context(), outbox.Filter{EndpointID: "ehr", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		if n := len(f.ehr.matches(it.ResourceType, f.svc.IdentifierSystem()+"|"+it.ResourceID)); n != 1 {
+			t.Errorf("%s/%s is in the EHR %d times", it.ResourceType, it.ResourceID, n)
+		}
+	}
+	return len(items)
+}
+
+func TestWriteStrategies(t *testing.T) {
+	for _, tt := range []struct {
+		name               string
+		condUpdate, create bool
+		wantWrite          string
+	}{
+		{"conditional update", true, true, "PUT CarePlan"},
+		{"search, then create with If-None-Exist", false, true, "POST CarePlan"},
+		{"search, then plain create", false, false, "POST CarePlan"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ehr := newScriptedEHR()
+			ehr.conditionalUpdate, ehr.conditionalCreate = tt.condUpdate, tt.create
+			f := newFixture(t, ehr)
+			f.run(t)
+			if st := f.states(t); st[outbox.Succeeded] == 0 || st[outbox.Dead]+st[outbox.Pending]+st[outbox.Retrying] != 0 {
+				t.Fatalf("states after a sync: %v", st)
+			}
+			n := f.once(t)
+			found := false
+			for _, r := range ehr.requests {
+				found = found || r == tt.wantWrite
+			}
+			if !found {
+				t.Errorf("no %q among %v", tt.wantWrite, ehr.requests)
+			}
+			// A change goes out as an update of the same EHR resource.
+			prog, _ := f.svc.Program(t.Context(), f.progID)
+			if _, err := f.svc.UpdateSession(t.Context(), prog.Sessions[0].ID, app.SessionChange{Status: "booked"}); err != nil {
+				t.Fatal(err)
+			}
+			f.run(t)
+			if got := f.once(t); got != n {
+				t.Errorf("%d items after the change, %d before", got, n)
+			}
+			// Replaying a succeeded item sends it again, still once in the EHR.
+			if err := f.db.Replay(t.Context(), 1, "test", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			f.run(t)
+			f.once(t)
+		})
+	}
+}
+
+func TestRejectedContentIsDeadWithTheOutcome(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate = true
+	f := newFixture(t, ehr)
+	prog, _ := f.svc.Program(t.Context(), f.progID)
+	victim := prog.Sessions[0].ID
+	ehr.reject[victim] = true
+	f.run(t)
+	items, err := f.db.Items(t.Context(), outbox.Filter{EndpointID: "ehr", State: outbox.Dead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 1 || items[0].ResourceID != victim || items[0].LastStatus != 422 || !strings.Contains(string(items[0].Outcome), "business-rule") {
+		t.Fatalf("dead items: %+v", items)
+	}
+	if st := f.states(t); st[outbox.Succeeded] == 0 {
+		t.Errorf("the other items were not sent: %v", st)
+	}
+	delete(ehr.reject, victim)
+	if err := f.db.Replay(t.Context(), items[0].ID, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	if st := f.states(t); st[outbox.Dead] != 0 {
+		t.Errorf("still dead after the fix and a replay: %v", st)
+	}
+}
+
+func TestDuplicateInTheEHRIsReportedNotFixed(t *testing.T) {
+	for _, condUpdate := range []bool{true, false} {
+		t.Run(fmt.Sprintf("conditional update %v", condUpdate), func(t *testing.T) {
+			ehr := newScriptedEHR()
+			ehr.conditionalUpdate, ehr.conditionalCreate = condUpdate, true
+			f := newFixture(t, ehr)
+			prog, _ := f.svc.Program(t.Context(), f.progID)
+			dup := prog.Sessions[1].ID
+			body := `{"resourceType":"Appointment","status":"booked","identifier":[{"system":"` + f.svc.IdentifierSystem() + `","value":"` + dup + `"}]}`
+			ehr.put("Appointment", "x1", body)
+			ehr.put("Appointment", "x2", body)
+			f.run(t)
+			items, _ := f.db.Items(t.Context(), outbox.Filter{EndpointID: "ehr", State: outbox.Dead})
+			if len(items) != 1 || items[0].ResourceID != dup || !strings.Contains(items[0].LastError, "duplicate") {
+				all, _ := f.db.Items(t.Context(), outbox.Filter{EndpointID: "ehr"})
+				for _, it := range all {
+					if it.ResourceID == dup {
+						t.Logf("item %+v", it)
+					}
+				}
+				t.Fatalf("dead items: %+v", items)
+			}
+			if n := len(ehr.matches("Appointment", f.svc.IdentifierSystem()+"|"+dup)); n != 2 {
+				t.Errorf("the engine wrote to the duplicates: %d copies", n)
+			}
+		})
+	}
+}
+
+func TestUnknownPatientRetriesWithoutWriting(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate = true
+	f := newFixture(t, ehr)
+	delete(ehr.stored["Patient"], "ehr-pat")
+	if _, err := f.w.Once(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range ehr.requests {
+		if strings.HasPrefix(r, "PUT") || strings.HasPrefix(r, "POST") {
+			t.Errorf("wrote %s for a patient the EHR does not know", r)
+		}
+	}
+	items, _ := f.db.Items(t.Context(), outbox.Filter{EndpointID: "ehr", State: outbox.Retrying})
+	if len(items) == 0 || !strings.Contains(items[0].LastError, "no patient") {
+		t.Errorf("retrying items: %+v", items)
+	}
+}
