@@ -195,10 +195,14 @@ type doseRules struct {
 	minGap   int // effective minimum days between doses
 	weekdays map[time.Weekday]bool
 	minutes  int
+	// integration, when set, makes next prefer a day whose integration
+	// visits land on open days (a Saturday dose before a closed Sunday would
+	// lose its next-day visit).
+	integration *Integration
 }
 
 func newDoseRules(p Protocol) doseRules {
-	r := doseRules{spacing: p.Spacing, minGap: max(p.Spacing.MinDays, 1), minutes: p.DoseMinutes}
+	r := doseRules{spacing: p.Spacing, minGap: max(p.Spacing.MinDays, 1), minutes: p.DoseMinutes, integration: p.Integration}
 	if !p.Spacing.AllowConsecutive {
 		r.minGap = max(r.minGap, 2)
 	}
@@ -232,9 +236,36 @@ func (r doseRules) dayAllowed(d time.Time, others []time.Time) bool {
 	return r.spacing.PerWeekMax == 0 || n < r.spacing.PerWeekMax
 }
 
-// next returns the first dose slot on or after civil day from.
+// next returns the first dose slot on or after civil day from. When the
+// protocol has integration visits, a slot up to two days later is preferred
+// if the first one's visits would fall on closed days, as long as the gap to
+// the previous dose stays within the protocol's maximum.
 func (r doseRules) next(cal Calendar, from time.Time, others []time.Time, tod int) (time.Time, bool) {
-	for d := from; daysBetween(from, d) < searchDays; d = addDays(d, 1) {
+	first, ok := r.scan(cal, from, others, tod, searchDays)
+	if !ok || r.integration == nil || r.integrationFits(cal, first, tod) {
+		return first, ok
+	}
+	var last time.Time
+	for _, o := range others {
+		if o.After(last) {
+			last = o
+		}
+	}
+	day := dayOf(first, cal.loc())
+	for d := addDays(day, 1); daysBetween(day, d) <= 2; d = addDays(d, 1) {
+		if r.spacing.MaxDays > 0 && !last.IsZero() && daysBetween(last, d) > r.spacing.MaxDays {
+			break
+		}
+		if t, ok := r.scan(cal, d, others, tod, 1); ok && r.integrationFits(cal, t, tod) {
+			return t, true
+		}
+	}
+	return first, true
+}
+
+// scan returns the first dose slot in the days civil days from from.
+func (r doseRules) scan(cal Calendar, from time.Time, others []time.Time, tod, days int) (time.Time, bool) {
+	for d := from; daysBetween(from, d) < days; d = addDays(d, 1) {
 		if !r.dayAllowed(d, others) {
 			continue
 		}
@@ -243,6 +274,18 @@ func (r doseRules) next(cal Calendar, from time.Time, others []time.Time, tod in
 		}
 	}
 	return time.Time{}, false
+}
+
+// integrationFits reports whether every integration visit after a dose at t
+// has a slot on its own day.
+func (r doseRules) integrationFits(cal Calendar, t time.Time, tod int) bool {
+	day := dayOf(t, cal.loc())
+	for _, off := range r.integration.OffsetDays {
+		if _, ok := cal.slot(addDays(day, off), tod, r.integration.Minutes); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // integrationSlots places the integration visits after a dose on civil day

@@ -41,8 +41,8 @@ func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer)
 	if err != nil {
 		return err
 	}
-	start := nextOpenMorning(time.Now().In(loc), cal)
-	run := time.Now().UTC().Format("20060102T150405")
+	today := now().In(loc)
+	run := now().UTC().Format("20060102T150405")
 	n := 0
 	used := map[string]bool{}
 	enrol := func(p treatment.Protocol, followOn string) error {
@@ -55,6 +55,7 @@ func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer)
 		if err != nil {
 			return fmt.Errorf("demo patient for %s: %w", p.ID, err)
 		}
+		start := nextOpenMorning(today, cal, p.Spacing.Weekdays, p.Integration != nil)
 		prog, err := svc.CreateProgram(ctx, app.ProgramInput{
 			PatientID: pat.ID, ProtocolID: p.ID, Start: start.Format("2006-01-02T15:04"), Timezone: loc.String(),
 		})
@@ -107,12 +108,24 @@ func demo(ctx context.Context, cfg config.Config, log *slog.Logger, w io.Writer)
 	return nil
 }
 
-// nextOpenMorning is 09:00 (or opening time, if later) on the next open day after t.
-func nextOpenMorning(t time.Time, cal treatment.Calendar) time.Time {
+// now is the demo's clock (tests set it).
+var now = time.Now
+
+// nextOpenMorning is 09:00 (or opening time, if later) on the next open day
+// after t that is one of weekdays ("mon".."sun"; any day when empty) and,
+// with nextDayOpen, is followed by an open day (for a next-day integration
+// visit).
+func nextOpenMorning(t time.Time, cal treatment.Calendar, weekdays []string, nextDayOpen bool) time.Time {
 	loc := t.Location()
 	for d := 1; d < 60; d++ {
 		day := time.Date(t.Year(), t.Month(), t.Day()+d, 0, 0, 0, 0, loc)
 		if !cal.IsOpenDay(day) {
+			continue
+		}
+		if len(weekdays) > 0 && !slices.Contains(weekdays, strings.ToLower(day.Weekday().String()[:3])) {
+			continue
+		}
+		if nextDayOpen && !cal.IsOpenDay(day.AddDate(0, 0, 1)) {
 			continue
 		}
 		h := cal.Open[day.Weekday()]

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // cli runs the command line in-process with the given environment and returns
@@ -222,22 +223,31 @@ func TestMigratePostgres(t *testing.T) {
 	}
 }
 
+// TestDemo runs the demo as if it were each day of a week: every shipped
+// protocol must enrol, whatever the weekday.
 func TestDemo(t *testing.T) {
-	out, _, err := cli(t, dataEnv(t), "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range shipped {
-		if !strings.Contains(out, id) {
-			t.Errorf("demo did not use protocol %s", id)
-		}
-	}
-	for _, want := range []string{"/fhir/CarePlan?patient=Patient/", "_include=CarePlan:activity-reference", "in 10 protocols", "dosing", "integration", "window "} {
-		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q", want)
-		}
-	}
-	if strings.Contains(out, " ! ") {
-		t.Errorf("demo schedules report problems:\n%s", out)
+	defer func() { now = time.Now }()
+	for d := range 7 {
+		day := time.Date(2026, 11, 30+d, 15, 0, 0, 0, time.UTC)
+		t.Run(day.Weekday().String(), func(t *testing.T) {
+			now = func() time.Time { return day }
+			out, _, err := cli(t, dataEnv(t), "demo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range shipped {
+				if !strings.Contains(out, id) {
+					t.Errorf("demo did not use protocol %s", id)
+				}
+			}
+			for _, want := range []string{"/fhir/CarePlan?patient=Patient/", "_include=CarePlan:activity-reference", "in 10 protocols", "dosing", "integration", "window "} {
+				if !strings.Contains(out, want) {
+					t.Errorf("demo output lacks %q", want)
+				}
+			}
+			if strings.Contains(out, " ! ") {
+				t.Errorf("demo schedules report problems:\n%s", out)
+			}
+		})
 	}
 }
