@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
@@ -87,6 +88,7 @@ type Worker struct {
 	// outage counts consecutive batches cut short by an unreachable EHR;
 	// the pause before the next lease grows with it.
 	outage int
+	leases atomic.Int64
 }
 
 // ErrAuthFailed ends Run when the EHR keeps refusing kapfhir's credentials;
@@ -201,15 +203,19 @@ func (w *Worker) lane(ctx context.Context) error {
 // Once leases one patient's batch and pushes it; it returns how many items
 // it finished (0: nothing was due).
 func (w *Worker) Once(ctx context.Context) (int, error) {
+	// Each lease has its own owner name, so that a batch taken over after
+	// its lease expired (even by another lane of this process) can no
+	// longer be finished by the lane that lost it.
+	owner := fmt.Sprintf("%s/%d", w.o.Owner, w.leases.Add(1))
 	batches, err := w.o.Store.Lease(ctx, outbox.Lease{
-		EndpointID: w.ep.ID, Owner: w.o.Owner, MaxPatients: 1, Now: w.o.Now(), For: w.o.LeaseFor,
+		EndpointID: w.ep.ID, Owner: owner, MaxPatients: 1, Now: w.o.Now(), For: w.o.LeaseFor,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("lease: %w", err)
 	}
 	n := 0
 	for _, b := range batches {
-		k, err := w.push(ctx, b)
+		k, err := w.push(ctx, b, owner)
 		n += k
 		if w.o.OnBatch != nil {
 			w.o.OnBatch()

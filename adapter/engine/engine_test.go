@@ -172,7 +172,8 @@ func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 	ep.Auth = endpoint.Auth{Type: endpoint.AuthNone}
 	ep.PatientIdentifierSystem = "https://clinic.example/mrn"
 	ep.RateLimit = endpoint.RateLimit{PerSecond: 1000, Burst: 1000}
-	ep.Retry.MinBackoff, ep.Retry.MaxBackoff = endpoint.Duration(time.Millisecond), endpoint.Duration(2*time.Millisecond)
+	// Retries never come due during a test: each one runs until nothing is due.
+	ep.Retry.MinBackoff, ep.Retry.MaxBackoff = endpoint.Duration(time.Hour), endpoint.Duration(time.Hour)
 	now := time.Now().UTC()
 	if err := db.PutEndpoint(ctx, endpoint.Stored{Endpoint: ep, Source: endpoint.SourceAPI, AuthState: endpoint.AuthOK, Created: now, Updated: now}); err != nil {
 		t.Fatal(err)

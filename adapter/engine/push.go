@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
@@ -45,7 +46,7 @@ type result struct {
 // push writes one patient's batch and finishes every item in it. An auth
 // failure releases what is left and returns ErrAuthFailed; an unreachable
 // EHR retries the item, releases the rest and pauses the worker.
-func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
+func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, error) {
 	items := slices.Clone(b.Items)
 	slices.SortStableFunc(items, func(a, c outbox.Item) int {
 		if d := typeOrder(a.ResourceType) - typeOrder(c.ResourceType); d != 0 {
@@ -61,6 +62,29 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
 	}
 	results := map[int64]result{}
 	var stop error
+	// The lease is renewed every third of its length while the batch runs
+	// (one write may outlast a lease when the EHR asks for long waits); once
+	// it is lost, another worker has the batch and this one stops.
+	var lost atomic.Bool
+	hb, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	go func() {
+		t := time.NewTicker(max(w.o.LeaseFor/3, time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-hb.Done():
+				return
+			case <-t.C:
+				if err := w.o.Store.Renew(hb, w.ep.ID, b.PatientID, owner, w.o.Now().Add(w.o.LeaseFor)); err != nil && hb.Err() == nil {
+					w.log.Warn("lost the lease of a batch; another worker has it", "patient", b.PatientID, "error", err)
+					lost.Store(true)
+					return
+				}
+			}
+		}
+	}()
+	keep := func() bool { return !lost.Load() }
 	// finish records every item's result in one transaction.
 	finish := func() int {
 		rs := make([]outbox.Result, len(items))
@@ -69,8 +93,9 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
 			if !ok {
 				r = result{outcome: outbox.Release}
 			}
-			rs[i] = w.result(it, r)
+			rs[i] = w.result(it, r, owner)
 		}
+		stopHB()
 		errs, err := w.o.Store.FinishBatch(context.WithoutCancel(ctx), rs)
 		if err != nil {
 			w.log.Warn("finishing a sync batch failed; its lease will expire and the work be taken over", "patient", b.PatientID, "error", err)
@@ -95,20 +120,6 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch) (int, error) {
 		return finish(), nil
 	}
 
-	// A batch longer than a third of the lease renews it, so no other
-	// worker takes the patient over while this one still works on it.
-	renewed := w.o.Now()
-	keep := func() bool {
-		if w.o.Now().Sub(renewed) < w.o.LeaseFor/3 {
-			return true
-		}
-		renewed = w.o.Now()
-		if err := w.o.Store.Renew(ctx, w.ep.ID, b.PatientID, w.o.Owner, renewed.Add(w.o.LeaseFor)); err != nil {
-			w.log.Warn("lost the lease of a batch; another worker has it", "patient", b.PatientID, "error", err)
-			return false
-		}
-		return true
-	}
 	var again []outbox.Item
 	for _, it := range items {
 		if !keep() {
@@ -173,10 +184,10 @@ func (w *Worker) authFailed(ctx context.Context, err error) error {
 }
 
 // result turns one item's outcome into the store's Result.
-func (w *Worker) result(it outbox.Item, r result) outbox.Result {
+func (w *Worker) result(it outbox.Item, r result, owner string) outbox.Result {
 	now := w.o.Now()
 	res := outbox.Result{
-		ItemID: it.ID, Owner: w.o.Owner, Outcome: r.outcome, Now: now,
+		ItemID: it.ID, Owner: owner, Outcome: r.outcome, Now: now,
 		SentVersion: r.version, SentHash: r.hash, EHRID: r.ehrID, EHRVersion: r.ehrVersion,
 		Status: r.status, Error: r.errMsg, OpOut: r.opOut, Request: r.request,
 	}

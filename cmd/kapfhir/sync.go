@@ -116,7 +116,7 @@ func syncCmd(ctx context.Context, cfg config.Config, log *slog.Logger, sub, id s
 			return err
 		}
 		fmt.Fprintf(w, "queued %d resources for %s\n", n, id)
-		return progress(ctx, mgr, id, w, time.Now)
+		return progress(ctx, mgr, id, n, w, time.Now)
 	case "reconcile":
 		if err := mgr.Start(ctx); err != nil {
 			return err
@@ -143,10 +143,11 @@ func syncCmd(ctx context.Context, cfg config.Config, log *slog.Logger, sub, id s
 }
 
 // progress draws a progress bar with an ETA until the endpoint's queue has
-// drained (dead items are reported, not waited for).
-func progress(ctx context.Context, mgr *adapter.Manager, id string, w io.Writer, now func() time.Time) error {
+// drained (dead items are reported, not waited for); queued is what the
+// backfill queued (the backlog may hold more).
+func progress(ctx context.Context, mgr *adapter.Manager, id string, queued int, w io.Writer, now func() time.Time) error {
 	start := now()
-	total := -1
+	total := queued
 	for {
 		wctx, cancel := context.WithTimeout(ctx, time.Second)
 		s, drained, err := mgr.WaitDrained(wctx, id)

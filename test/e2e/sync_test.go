@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -371,7 +372,97 @@ func TestSyncToEHR(t *testing.T) {
 			t.Errorf("second pull applied %v changes", got)
 		}
 	})
+	t.Run("endpoint administration", func(t *testing.T) {
+		bad := in.do(t, "POST", "/api/v1/endpoints", map[string]any{
+			"id": "Bad ID", "fhirBaseUrl": "http://169.254.169.254/latest", "auth": map[string]any{"type": "bearer"}, "concurrency": 0,
+		})
+		if bad.status != 422 || !strings.Contains(bad.header.Get("Content-Type"), "problem+json") {
+			t.Fatalf("invalid endpoint: %d %s", bad.status, bad.body)
+		}
+		for _, field := range []string{`"id"`, `"name"`, `"fhirBaseUrl"`, `"auth.token"`, `"patientIdentifierSystem"`, `"concurrency"`} {
+			if !strings.Contains(string(bad.body), field) {
+				t.Errorf("problem does not name %s: %s", field, bad.body)
+			}
+		}
+		created := in.do(t, "POST", "/api/v1/endpoints", map[string]any{
+			"id": "second-ehr", "name": "Second EHR", "fhirBaseUrl": "https://ehr2.example.org/fhir",
+			"auth":                    map[string]any{"type": "client-secret", "clientId": "kapfhir", "clientSecret": "s3cret-value"},
+			"patientIdentifierSystem": mrnSystem, "enabled": false,
+		})
+		if created.status != 201 || strings.Contains(string(created.body), "s3cret-value") || !strings.Contains(string(created.body), "[redacted]") {
+			t.Fatalf("create: %d %s", created.status, created.body)
+		}
+		if res := in.do(t, "POST", "/api/v1/endpoints", map[string]any{"id": "second-ehr", "name": "x", "fhirBaseUrl": "https://ehr2.example.org/fhir",
+			"auth": map[string]any{"type": "none"}, "patientIdentifierSystem": mrnSystem}); res.status != 409 {
+			t.Errorf("duplicate id: %d %s", res.status, res.body)
+		}
+		upd := in.do(t, "PUT", "/api/v1/endpoints/second-ehr", map[string]any{
+			"name": "Second EHR, renamed", "fhirBaseUrl": "https://ehr2.example.org/fhir",
+			"auth": map[string]any{"type": "client-secret", "clientId": "kapfhir"}, "patientIdentifierSystem": mrnSystem, "enabled": false,
+		})
+		if upd.status != 200 || !strings.Contains(string(upd.body), "renamed") || !strings.Contains(string(upd.body), "[redacted]") {
+			t.Errorf("update keeping the secret: %d %s", upd.status, upd.body)
+		}
+		if res := in.do(t, "PUT", "/api/v1/endpoints/"+endpointID, map[string]any{"name": "x"}); res.status != 409 {
+			t.Errorf("changing a configured endpoint: %d %s", res.status, res.body)
+		}
+		list := in.do(t, "GET", "/api/v1/endpoints", nil)
+		if strings.Contains(string(list.body), "s3cret-value") || !strings.Contains(string(list.body), "second-ehr") {
+			t.Errorf("list: %s", list.body)
+		}
+		if res := in.do(t, "DELETE", "/api/v1/endpoints/second-ehr", nil); res.status != 204 {
+			t.Errorf("delete: %d %s", res.status, res.body)
+		}
+		report := in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/test", nil, 200)
+		if report["ok"] != true {
+			t.Errorf("endpoint test: %v", report)
+		}
+		if !strings.Contains(in.stderr.String(), "endpoint created") || strings.Contains(in.stderr.String(), "s3cret-value") {
+			t.Errorf("logs: endpoint changes must be logged, secrets never")
+		}
+	})
 	in.stop(t)
+
+	// The command line, on the same data, with the server stopped.
+	cli := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(binary, args...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "KAPFHIR_CONFIG=" + s.cfgPath, "KAPFHIR_DATA_DIR=" + s.dataDir}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("kapfhir %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := cli("endpoints", "test", endpointID); !strings.Contains(out, "Result: the endpoint works.") || !strings.Contains(out, "conditional update") {
+		t.Errorf("endpoints test:\n%s", out)
+	}
+	if out := cli("endpoints", "list"); !strings.Contains(out, endpointID) {
+		t.Errorf("endpoints list:\n%s", out)
+	}
+	if out := cli("sync", "reconcile", "-endpoint", endpointID); !strings.Contains(out, " 0 missing, 0 drifted, 0 duplicated, 0 unknown") {
+		t.Errorf("reconcile of a synced EHR:\n%s", out)
+	}
+	// Someone deletes a CarePlan in the EHR: reconcile finds it, -repair and
+	// a backfill put it back.
+	var plans bundle
+	if err := json.Unmarshal(s.ehr.Search(t, "CarePlan?_count=1"), &plans); err != nil || len(plans.Entry) == 0 {
+		t.Fatalf("no CarePlan in the EHR: %v", err)
+	}
+	var victim struct{ ID string }
+	_ = json.Unmarshal(plans.Entry[0].Resource, &victim)
+	if st, b := s.ehr.AdminFHIR(t, "DELETE", "CarePlan/"+victim.ID, nil); st != 200 && st != 204 {
+		t.Fatalf("deleting in the EHR: %d %s", st, b)
+	}
+	if out := cli("sync", "reconcile", "-endpoint", endpointID, "-repair"); !strings.Contains(out, " 1 missing,") || !strings.Contains(out, "1 queued again") {
+		t.Errorf("reconcile after a deletion in the EHR:\n%s", out)
+	}
+	if out := cli("sync", "backfill", "-endpoint", endpointID); !strings.Contains(out, "done in") || !strings.Contains(out, "ETA") {
+		t.Errorf("backfill:\n%s", out)
+	}
+	if out := cli("sync", "reconcile", "-endpoint", endpointID); !strings.Contains(out, " 0 missing, 0 drifted, 0 duplicated, 0 unknown") {
+		t.Errorf("reconcile after the repair:\n%s", out)
+	}
 }
 
 // patientRef returns the id in the first participant's Patient reference.
