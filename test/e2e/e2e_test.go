@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -52,8 +53,27 @@ func TestMain(m *testing.M) {
 type instance struct {
 	base   string // http://127.0.0.1:port
 	cmd    *exec.Cmd
-	stderr *bytes.Buffer
+	stderr *logBuffer
 	done   chan error
+}
+
+// logBuffer collects the process's stderr; tests read it while the process
+// still writes.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 var listenRE = regexp.MustCompile(`kapfhir listening on (http://\S+) `)
@@ -75,7 +95,7 @@ func start(t *testing.T, extraEnv ...string) *instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inst := &instance{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	inst := &instance{cmd: cmd, stderr: &logBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = inst.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

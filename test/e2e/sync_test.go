@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kapfhir/kapfhir/test/ehrtest"
 )
@@ -234,6 +235,10 @@ func TestSyncToEHR(t *testing.T) {
 	}
 
 	t.Run("faults", func(t *testing.T) {
+		// Tokens live 4 s (kapfhir renews at half-life), so they expire and
+		// are renewed again and again during this sync.
+		s.ehr.SetTokenLifetime(t, 4*time.Second)
+		defer s.ehr.SetTokenLifetime(t, time.Hour)
 		s.ehr.SetFaults(t, ehrtest.Faults{Rate429: 0.2, RetryAfterSeconds: 1, Rate503: 0.1, RateReset: 0.01, Seed: 42})
 		for i := range 3 {
 			_, prog := s.enrol(t, in, fmt.Sprintf("MRN-F%02d", i))
