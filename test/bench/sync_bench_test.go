@@ -14,6 +14,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -56,7 +57,6 @@ func fakeEHR(latency time.Duration, st *ehrStats) *httptest.Server {
 		`{"type":"Appointment","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true},` +
 		`{"type":"CarePlan","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true},` +
 		`{"type":"Observation","interaction":[{"code":"update"},{"code":"create"},{"code":"search-type"}],"conditionalUpdate":true}]}]}`
-	const patients = `{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Patient","id":"ehr-patient"},"search":{"mode":"match"}}]}`
 	var n atomic.Int64
 	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/fhir+json")
@@ -64,7 +64,9 @@ func fakeEHR(latency time.Duration, st *ehrStats) *httptest.Server {
 		case r.URL.Path == "/fhir/metadata":
 			w.Write([]byte(metadata))
 		case r.Method == http.MethodGet && r.URL.Path == "/fhir/Patient":
-			w.Write([]byte(patients))
+			// Every patient exists, with the identifier searched for.
+			system, value, _ := strings.Cut(r.URL.Query().Get("identifier"), "|")
+			fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Patient","id":"ehr-%s","identifier":[{"system":%q,"value":%q}]},"search":{"mode":"match"}}]}`, value, system, value)
 		case r.Method == http.MethodPut:
 			start := time.Now()
 			time.Sleep(latency) // the injected EHR latency (server side)
@@ -151,6 +153,7 @@ func (f *syncFixture) drain(b *testing.B, ep endpoint.Endpoint) (int, time.Durat
 	w := engine.New(engine.Options{
 		Endpoint: ep, IdentifierSystem: f.system, Store: f.db, EHR: client, Owner: "bench",
 		Poll: 10 * time.Millisecond, OnBatch: check,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	start := time.Now()
 	go w.Run(ctx)
