@@ -1,11 +1,10 @@
-package engine
+package engine_test
 
 import (
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -13,11 +12,12 @@ import (
 	"time"
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
+	"github.com/kapfhir/kapfhir/adapter/engine"
 	"github.com/kapfhir/kapfhir/app"
-	"github.com/kapfhir/kapfhir/catalogue"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/store/sqlite"
+	"github.com/kapfhir/kapfhir/test/kaptest"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -148,7 +148,7 @@ func (e *scriptedEHR) resources() string {
 type fixture struct {
 	db     *sqlite.DB
 	svc    *app.Service
-	w      *Worker
+	w      *engine.Worker
 	ehr    *scriptedEHR
 	ep     endpoint.Endpoint
 	progID string
@@ -157,14 +157,7 @@ type fixture struct {
 func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 	t.Helper()
 	ctx := t.Context()
-	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "kapfhir.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	db := kaptest.Store(t)
 	srv := httptest.NewServer(ehr)
 	t.Cleanup(srv.Close)
 	ep := endpoint.Defaults()
@@ -178,11 +171,7 @@ func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 	if err := db.PutEndpoint(ctx, endpoint.Stored{Endpoint: ep, Source: endpoint.SourceAPI, AuthState: endpoint.AuthOK, Created: now, Updated: now}); err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalogue.Load("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := app.New(ctx, app.Options{Store: db, Catalogue: cat, Calendar: treatment.DefaultCalendar(time.UTC)})
+	svc, err := app.New(ctx, app.Options{Store: db, Catalogue: kaptest.Catalogue(t), Calendar: treatment.DefaultCalendar(time.UTC)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +188,7 @@ func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := New(Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Store: db, EHR: client, Owner: "test"})
+	w := engine.New(engine.Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Store: db, EHR: client, Owner: "test"})
 	return &fixture{db: db, svc: svc, w: w, ehr: ehr, ep: ep, progID: prog.ID}
 }
 

@@ -18,7 +18,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,10 +27,10 @@ import (
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/adapter/engine"
 	"github.com/kapfhir/kapfhir/app"
-	"github.com/kapfhir/kapfhir/catalogue"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/store/sqlite"
+	"github.com/kapfhir/kapfhir/test/kaptest"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -93,19 +92,8 @@ type syncFixture struct {
 func newSyncFixture(b *testing.B, patients int) *syncFixture {
 	b.Helper()
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "kapfhir.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
-	cat, err := catalogue.Load("")
-	if err != nil {
-		b.Fatal(err)
-	}
-	svc, err := app.New(ctx, app.Options{Store: db, Catalogue: cat, Calendar: treatment.DefaultCalendar(time.UTC)})
+	db := kaptest.Store(b)
+	svc, err := app.New(ctx, app.Options{Store: db, Catalogue: kaptest.Catalogue(b), Calendar: treatment.DefaultCalendar(time.UTC)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -50,18 +50,8 @@ var Start = time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 func New(t testing.TB, maxBody int64) *Env {
 	t.Helper()
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "kapfhir.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalogue.Load("")
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := Store(t)
+	cat := Catalogue(t)
 	loc, err := time.LoadLocation("America/New_York")
 	if err != nil {
 		t.Fatal(err)
@@ -88,4 +78,29 @@ func New(t testing.TB, maxBody int64) *Env {
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
 	return &Env{URL: srv.URL, App: svc, Store: db, Clock: clock}
+}
+
+// Store returns a migrated SQLite store in a temp dir, closed at cleanup.
+func Store(t testing.TB) *sqlite.DB {
+	t.Helper()
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "kapfhir.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// Catalogue returns the shipped protocol catalogue.
+func Catalogue(t testing.TB) *catalogue.Catalogue {
+	t.Helper()
+	cat, err := catalogue.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat
 }
