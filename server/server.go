@@ -143,6 +143,9 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, t Timeouts, log
 		return fmt.Errorf("server: %w", err)
 	case <-ctx.Done():
 	}
+	if t.Shutdown <= 0 {
+		t.Shutdown = 15 * time.Second // a zero deadline would cut every open connection
+	}
 	log.Info("shutting down", "timeout", t.Shutdown)
 	sctx, cancel := context.WithTimeout(context.Background(), t.Shutdown)
 	defer cancel()

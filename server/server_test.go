@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/labstack/echo/v4"
 )
@@ -119,7 +120,7 @@ func TestServeShutsDownWhenContextEnds(t *testing.T) {
 	e, _ := newTestServer(t, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, e, Timeouts{}, slog.New(slog.DiscardHandler)) }()
+	go func() { done <- Serve(ctx, ln, e, Timeouts{Shutdown: 10 * time.Second}, slog.New(slog.DiscardHandler)) }()
 	resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
 	if err != nil {
 		t.Fatal(err)
