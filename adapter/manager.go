@@ -401,7 +401,7 @@ func (m *Manager) WaitDrained(ctx context.Context, id string) (Status, bool, err
 		if err != nil {
 			return s, false, err
 		}
-		if s.Queue.ByState[outbox.Pending]+s.Queue.ByState[outbox.Retrying]+s.Queue.ByState[outbox.InFlight] == 0 {
+		if s.Queue.Backlog() == 0 {
 			return s, true, nil
 		}
 		t := time.NewTimer(time.Second) // retries come due without progress

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -220,7 +221,7 @@ func (h *Handlers) endpointStatus(c echo.Context) error {
 	for _, st := range outbox.States {
 		out.ByState[string(st)] = s.Queue.ByState[st]
 	}
-	out.Backlog = s.Queue.ByState[outbox.Pending] + s.Queue.ByState[outbox.Retrying] + s.Queue.ByState[outbox.InFlight]
+	out.Backlog = s.Queue.Backlog()
 	out.Drained = out.Backlog == 0
 	if !s.Queue.OldestPending.IsZero() {
 		age := max(time.Since(s.Queue.OldestPending).Seconds(), 0)
@@ -322,20 +323,8 @@ func (h *Handlers) listItems(c echo.Context) error {
 	if f.State != "" && !f.State.Valid() {
 		bad = append(bad, treatment.FieldError{Field: "state", Reason: "must be one of pending, in_flight, retrying, succeeded, dead, discarded"})
 	}
-	if v := q.Get("after"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			bad = append(bad, treatment.FieldError{Field: "after", Reason: "must be an item id"})
-		}
-		f.AfterID = n
-	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			bad = append(bad, treatment.FieldError{Field: "limit", Reason: "must be 1 to 1000"})
-		}
-		f.Limit = n
-	}
+	intParam(q, "after", 0, math.MaxInt64, "must be an item id", &f.AfterID, &bad)
+	intParam(q, "limit", 1, 1000, "must be 1 to 1000", &f.Limit, &bad)
 	if len(bad) > 0 {
 		return badRequest("invalid query", bad...)
 	}
@@ -357,6 +346,21 @@ func (h *Handlers) listItems(c echo.Context) error {
 		resp["next"] = "/api/v1/sync/items?" + next.Encode()
 	}
 	return c.JSON(http.StatusOK, resp)
+}
+
+// intParam reads an optional integer query parameter into *dst, adding a
+// problem when it is not an integer from lo to hi.
+func intParam[T int | int64](q url.Values, name string, lo, hi T, reason string, dst *T, bad *[]treatment.FieldError) {
+	v := q.Get(name)
+	if v == "" {
+		return
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || T(n) < lo || T(n) > hi {
+		*bad = append(*bad, treatment.FieldError{Field: name, Reason: reason})
+		return
+	}
+	*dst = T(n)
 }
 
 // itemID returns the :id path parameter as an item id, or a 404.
@@ -431,20 +435,8 @@ func (h *Handlers) syncLog(c echo.Context) error {
 			bad = append(bad, treatment.FieldError{Field: k, Reason: "unknown query parameter (supported: endpoint, before, limit)"})
 		}
 	}
-	if v := q.Get("before"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			bad = append(bad, treatment.FieldError{Field: "before", Reason: "must be an event id"})
-		}
-		before = n
-	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			bad = append(bad, treatment.FieldError{Field: "limit", Reason: "must be 1 to 1000"})
-		}
-		limit = n
-	}
+	intParam(q, "before", 0, math.MaxInt64, "must be an event id", &before, &bad)
+	intParam(q, "limit", 1, 1000, "must be 1 to 1000", &limit, &bad)
 	if len(bad) > 0 {
 		return badRequest("invalid query", bad...)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/mapping"
 	"github.com/kapfhir/kapfhir/outbox"
@@ -100,7 +101,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 			s.opts.IdentifierSystem = "urn:uuid:" + id
 		}
 		for _, p := range s.cat.All() {
-			if _, err := s.put(ctx, tx, mapping.PlanDefinition(p, s.opts), ""); err != nil {
+			if _, err := s.put(ctx, tx, mapping.PlanDefinition(p, s.opts), "", nil); err != nil {
 				return fmt.Errorf("publish protocol %s: %w", p.ID, err)
 			}
 		}
@@ -131,10 +132,10 @@ func (s *Service) Protocol(id string) (treatment.Protocol, error) {
 func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Millisecond) }
 
 // put stores a new version of r unless its content is unchanged, and
-// enqueues the new version for every enabled EHR endpoint that takes its
-// type (patientID orders the sync; "" for resources that are not synced,
-// such as PlanDefinitions). It reports whether a version was written.
-func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource, patientID string) (bool, error) {
+// enqueues the new version for every enabled endpoint of eps (the
+// transaction's endpoints, read once by the caller) that takes its type;
+// patientID orders the sync. It reports whether a version was written.
+func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource, patientID string, eps []endpoint.Stored) (bool, error) {
 	cur, oldHash, err := tx.CurrentVersion(ctx, r.Type, r.ID)
 	if err != nil {
 		return false, err
@@ -155,13 +156,6 @@ func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource, pati
 		Index:   mapping.Index(r),
 	}
 	if err := tx.PutVersion(ctx, w); err != nil {
-		return false, err
-	}
-	if patientID == "" {
-		return true, nil
-	}
-	eps, err := tx.Endpoints(ctx)
-	if err != nil {
 		return false, err
 	}
 	var work []outbox.Work
@@ -196,8 +190,12 @@ func (s *Service) putProgram(ctx context.Context, tx store.Tx, prog treatment.Pr
 	if err != nil {
 		return fmt.Errorf("map programme %s: %w", prog.ID, err)
 	}
+	eps, err := tx.Endpoints(ctx)
+	if err != nil {
+		return err
+	}
 	for _, r := range rs {
-		if _, err := s.put(ctx, tx, r, prog.PatientID); err != nil {
+		if _, err := s.put(ctx, tx, r, prog.PatientID, eps); err != nil {
 			return fmt.Errorf("store %s/%s: %w", r.Type, r.ID, err)
 		}
 	}

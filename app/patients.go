@@ -86,7 +86,11 @@ func (s *Service) CreatePatient(ctx context.Context, in PatientInput) (treatment
 		if err := tx.CreatePatient(ctx, p); err != nil {
 			return err
 		}
-		_, err := s.put(ctx, tx, mapping.Patient(p, s.opts), p.ID)
+		eps, err := tx.Endpoints(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = s.put(ctx, tx, mapping.Patient(p, s.opts), p.ID, eps)
 		return err
 	})
 	if err != nil {

@@ -174,6 +174,12 @@ type Stats struct {
 	LastErrorAt time.Time
 }
 
+// Backlog is what is left to send: pending, retrying and in-flight items
+// (dead and discarded ones wait for an operator, not for the engine).
+func (s Stats) Backlog() int {
+	return s.ByState[Pending] + s.ByState[Retrying] + s.ByState[InFlight]
+}
+
 // Event is one line of the append-only sync log: what was sent where, and
 // every operator action on the queue.
 type Event struct {

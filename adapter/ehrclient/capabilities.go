@@ -8,9 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	c4pb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/codes_go_proto"
-
-	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -58,65 +55,16 @@ func (c *Client) Capabilities(ctx context.Context) (*Capabilities, error) {
 	return parseCapabilities(c.ep.ID, resp.Body)
 }
 
+// parseCapabilities reads what the engine needs of a CapabilityStatement.
+// Servers often list resource types or codes R4 lacks (R4B/R5 backports such
+// as SubscriptionStatus, vendor types), so it is read field by field, never
+// validated against R4 as a whole.
 func parseCapabilities(id string, b []byte) (*Capabilities, error) {
-	cr, err := fhirjson.Unmarshal(b)
+	caps, err := parseLenient(b)
 	if err != nil {
-		// Servers often list resource types or codes R4 lacks (R4B/R5
-		// backports such as SubscriptionStatus, vendor types). Read the few
-		// fields the engine needs and ignore the rest.
-		if caps, lerr := parseLenient(b); lerr == nil {
-			return caps, nil
-		}
-		return nil, &treatment.Error{Kind: treatment.KindInvalid, Msg: "endpoint " + id + ": metadata is not a valid FHIR R4 CapabilityStatement", Err: err}
-	}
-	cs := cr.GetCapabilityStatement()
-	if cs == nil {
-		return nil, treatment.Errorf(treatment.KindInvalid, "endpoint %s: metadata is not a CapabilityStatement", id)
-	}
-	caps := &Capabilities{Resources: map[string]ResourceCapabilities{}}
-	if v := cs.GetFhirVersion(); v != nil {
-		caps.FHIRVersion = strings.ReplaceAll(strings.TrimPrefix(v.GetValue().String(), "V_"), "_", ".")
-	}
-	for _, rest := range cs.GetRest() {
-		if rest.GetMode().GetValue() != c4pb.RestfulCapabilityModeCode_SERVER {
-			continue
-		}
-		for _, in := range rest.GetInteraction() {
-			switch kebab(in.GetCode().GetValue().String()) {
-			case "transaction":
-				caps.Transaction = true
-			case "batch":
-				caps.Batch = true
-			}
-		}
-		for _, r := range rest.GetResource() {
-			typ := camel(r.GetType().GetValue().String())
-			rc := ResourceCapabilities{
-				ConditionalCreate: r.GetConditionalCreate().GetValue(),
-				ConditionalUpdate: r.GetConditionalUpdate().GetValue(),
-				UpdateCreate:      r.GetUpdateCreate().GetValue(),
-			}
-			for _, in := range r.GetInteraction() {
-				rc.Interactions = append(rc.Interactions, kebab(in.GetCode().GetValue().String()))
-			}
-			caps.Resources[typ] = rc
-		}
+		return nil, &treatment.Error{Kind: treatment.KindInvalid, Msg: "endpoint " + id + ": metadata is not an R4 CapabilityStatement", Err: err}
 	}
 	return caps, nil
-}
-
-// kebab turns a proto enum name into its FHIR code: SEARCH_TYPE -> search-type.
-func kebab(s string) string { return strings.ToLower(strings.ReplaceAll(s, "_", "-")) }
-
-// camel turns a resource type enum name into the type: CARE_PLAN -> CarePlan.
-func camel(s string) string {
-	var b strings.Builder
-	for part := range strings.SplitSeq(strings.ToLower(s), "_") {
-		if part != "" {
-			b.WriteString(strings.ToUpper(part[:1]) + part[1:])
-		}
-	}
-	return b.String()
 }
 
 // lenientStatement is the part of a CapabilityStatement the engine reads.

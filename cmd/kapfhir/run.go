@@ -220,17 +220,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
-	var mgr *adapter.Manager
-	svc, st, err := newService(ctx, cfg, log, func() {
-		if mgr != nil {
-			mgr.Notify()
-		}
-	})
+	svc, st, mgr, err := openSync(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer st.Close() // the store closes last
-	mgr = newManager(cfg, svc, st, log)
 	if err := mgr.Start(ctx); err != nil {
 		return err
 	}

@@ -12,12 +12,15 @@ import (
 	"time"
 
 	"github.com/kapfhir/kapfhir/adapter"
+	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/config"
 	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/store"
 )
 
-// openManager opens the store and a sync manager over it (not started).
-func openManager(ctx context.Context, cfg config.Config, log *slog.Logger) (*adapter.Manager, func(), error) {
+// openSync opens the store, the application service and a sync manager
+// over them (not started); the service wakes the manager after each change.
+func openSync(ctx context.Context, cfg config.Config, log *slog.Logger) (*app.Service, store.Store, *adapter.Manager, error) {
 	var mgr *adapter.Manager
 	svc, st, err := newService(ctx, cfg, log, func() {
 		if mgr != nil {
@@ -25,9 +28,18 @@ func openManager(ctx context.Context, cfg config.Config, log *slog.Logger) (*ada
 		}
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	mgr = newManager(cfg, svc, st, log)
+	return svc, st, mgr, nil
+}
+
+// openManager is openSync for the commands that need only the manager.
+func openManager(ctx context.Context, cfg config.Config, log *slog.Logger) (*adapter.Manager, func(), error) {
+	_, st, mgr, err := openSync(ctx, cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
 	return mgr, func() { st.Close() }, nil
 }
 
@@ -155,7 +167,7 @@ func progress(ctx context.Context, mgr *adapter.Manager, id string, queued int, 
 		if err != nil {
 			return err
 		}
-		left := s.Queue.ByState[outbox.Pending] + s.Queue.ByState[outbox.Retrying] + s.Queue.ByState[outbox.InFlight]
+		left := s.Queue.Backlog()
 		if total < left {
 			total = left
 		}

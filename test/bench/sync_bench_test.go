@@ -67,8 +67,18 @@ func fakeEHR(latency time.Duration, st *ehrStats) *httptest.Server {
 			system, value, _ := strings.Cut(r.URL.Query().Get("identifier"), "|")
 			fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Patient","id":"ehr-%s","identifier":[{"system":%q,"value":%q}]},"search":{"mode":"match"}}]}`, value, system, value)
 		case r.Method == http.MethodPut:
+			// The injected EHR latency. This is a benchmark of wall-clock
+			// throughput against a latency bound, so the wait is real time
+			// (a synctest bubble would measure a simulation, not kapfhir);
+			// it ends early if the client goes away.
 			start := time.Now()
-			time.Sleep(latency) // the injected EHR latency (server side)
+			t := time.NewTimer(latency)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
 			defer func() { st.writes.Add(1); st.busy.Add(int64(time.Since(start))) }()
 			typ := strings.TrimPrefix(r.URL.Path, "/fhir/")
 			id := n.Add(1)
@@ -134,7 +144,7 @@ func (f *syncFixture) drain(b *testing.B, ep endpoint.Endpoint) (int, time.Durat
 	var closed atomic.Bool
 	check := func() {
 		st, err := f.db.Stats(ctx, ep.ID)
-		if err == nil && st.ByState[outbox.Pending]+st.ByState[outbox.Retrying]+st.ByState[outbox.InFlight] == 0 && closed.CompareAndSwap(false, true) {
+		if err == nil && st.Backlog() == 0 && closed.CompareAndSwap(false, true) {
 			close(done)
 		}
 	}
