@@ -51,6 +51,12 @@ type Sync interface {
 	// endpoint has nothing to lease. Items without a patient ("") form one
 	// batch.
 	Lease(ctx context.Context, l outbox.Lease) ([]outbox.Batch, error)
+	// Upcoming returns the patients (not "") whose runnable items at now are
+	// next in Lease's order and are not leased, at most limit (default 32,
+	// at most 1000): the batches the endpoint's workers are about to lease.
+	// It leases nothing (the engine looks those patients up in the EHR
+	// together).
+	Upcoming(ctx context.Context, endpointID string, now time.Time, limit int) ([]string, error)
 	// Finish records what happened to a leased item and appends it to the
 	// log (except a Release); a conflict error when the lease was lost (the
 	// item is not in flight under r.Owner, or is gone).

@@ -45,6 +45,7 @@ type Store interface {
 	Read(ctx context.Context, typ, id string) (resource.Version, error)
 	SetEndpointState(ctx context.Context, id string, state endpoint.AuthState, lastError string, now time.Time) error
 	Renew(ctx context.Context, endpointID, patientID, owner string, until time.Time) error
+	Upcoming(ctx context.Context, endpointID string, now time.Time, limit int) ([]string, error)
 }
 
 // EHR is what the engine needs of the EHR client.
@@ -89,6 +90,11 @@ type Worker struct {
 	// the pause before the next lease grows with it.
 	outage int
 	leases atomic.Int64
+
+	// lookupMu serialises patient look-ups; lookedUp holds the answers
+	// looked up ahead for the batches about to be leased.
+	lookupMu sync.Mutex
+	lookedUp map[string]patientAnswer
 }
 
 // ErrAuthFailed ends Run when the EHR keeps refusing kapfhir's credentials;
@@ -109,7 +115,7 @@ func New(o Options) *Worker {
 	if o.LeaseFor <= 0 {
 		o.LeaseFor = max(2*time.Minute, 4*o.Endpoint.Timeout())
 	}
-	return &Worker{o: o, ep: o.Endpoint, log: o.Logger.With("endpoint", o.Endpoint.ID), wake: make(chan struct{})}
+	return &Worker{o: o, ep: o.Endpoint, log: o.Logger.With("endpoint", o.Endpoint.ID), wake: make(chan struct{}), lookedUp: map[string]patientAnswer{}}
 }
 
 // Notify wakes idle workers: work was enqueued.

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/adapter/engine"
 	"github.com/kapfhir/kapfhir/app"
@@ -86,9 +88,12 @@ func (e *scriptedEHR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "metadata":
 		fmt.Fprintf(w, `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[%s]}]}`, e.resources())
 	case r.Method == http.MethodGet && id == "":
+		// identifier=a,b,... is any of them (FHIR search OR).
 		var entries []string
-		for _, id := range e.matches(typ, ident) {
-			entries = append(entries, `{"resource":`+e.stored[typ][id]+`,"search":{"mode":"match"}}`)
+		for _, one := range strings.Split(ident, ",") {
+			for _, id := range e.matches(typ, one) {
+				entries = append(entries, `{"resource":`+e.stored[typ][id]+`,"search":{"mode":"match"}}`)
+			}
 		}
 		fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[%s]}`, strings.Join(entries, ","))
 	case r.Method == http.MethodPut && id == "" && e.conditionalUpdate:
@@ -349,5 +354,122 @@ func TestUnknownPatientRetriesWithoutWriting(t *testing.T) {
 	items, _ := f.db.Items(t.Context(), outbox.Filter{EndpointID: "ehr", State: outbox.Retrying})
 	if len(items) == 0 || !strings.Contains(items[0].LastError, "no patient") {
 		t.Errorf("retrying items: %+v", items)
+	}
+}
+
+// Patients are looked up in the EHR together: one search for the batches
+// about to be leased, each answer used by its own batch (found, missing or
+// duplicated).
+func TestPatientsLookedUpTogether(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate = true
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	mrns := []string{"M2", "M3", "M4", "M5", "M6"}
+	for _, mrn := range mrns {
+		switch mrn {
+		case "M4": // not in the EHR
+		case "M5": // twice in the EHR
+			ehr.put("Patient", "ehr-"+mrn+"a", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"`+mrn+`"}]}`)
+			ehr.put("Patient", "ehr-"+mrn+"b", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"`+mrn+`"}]}`)
+		default:
+			ehr.put("Patient", "ehr-"+mrn, `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"`+mrn+`"}]}`)
+		}
+		p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: mrn}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.run(t)
+	searches := 0
+	for _, r := range ehr.requests {
+		if r == "GET Patient" {
+			searches++
+		}
+	}
+	if searches != 1 {
+		t.Errorf("%d patient searches for 6 patients, want 1: %v", searches, ehr.requests)
+	}
+	items, err := f.db.Items(ctx, outbox.Filter{EndpointID: "ehr", State: outbox.Retrying, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems := map[string]bool{}
+	for _, it := range items {
+		problems[it.LastError] = true
+	}
+	want := map[string]bool{
+		"the EHR has no patient with this patient's identifier in https://clinic.example/mrn":                                   true,
+		"the EHR has 2 patients with this patient's identifier in https://clinic.example/mrn (duplicate: reconcile in the EHR)": true,
+	}
+	if diff := cmp.Diff(want, problems); diff != "" {
+		t.Errorf("retrying items' errors (-want +got):\n%s", diff)
+	}
+	// The four patients the EHR knows once are fully synced.
+	if st := f.states(t); st[outbox.Succeeded] != 4*16 {
+		t.Errorf("states: %v, want %d succeeded", st, 4*16)
+	}
+}
+
+// A resource whose only change is a reference to something the EHR does not
+// hold yet prepares to the body last sent: it is unchanged now, but must be
+// written again once the target exists (found by a second full sync that
+// wrote a Goal: its baseline Observation reference had been lost).
+func TestUnchangedBodyWithDeferredReferenceIsCompleted(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate = true
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	f.run(t)
+	if _, _, err := f.svc.AddMeasurement(ctx, app.MeasurementInput{ProgramID: f.progID, Measurement: treatment.Measurement{
+		Instrument: "phq9", Items: []int{3, 3, 2, 2, 2, 2, 2, 2, 1}, Effective: time.Now().Add(-time.Hour),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	if st := f.states(t); st[outbox.Retrying]+st[outbox.Pending]+st[outbox.Dead] != 0 {
+		t.Fatalf("states: %v", st)
+	}
+	// Every Goal that references an Observation in kapfhir does so in the EHR.
+	items, err := f.db.Items(ctx, outbox.Filter{EndpointID: "ehr", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := 0
+	for _, it := range items {
+		if it.ResourceType != "Goal" {
+			continue
+		}
+		v, err := f.db.Read(ctx, "Goal", it.ResourceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(v.JSON), `"Observation/`) {
+			continue
+		}
+		obs++
+		ehr.mu.Lock()
+		body := ehr.stored["Goal"][it.EHRID]
+		ehr.mu.Unlock()
+		if !strings.Contains(body, `"Observation/`) {
+			t.Errorf("Goal %s references an Observation in kapfhir but not in the EHR: %s", it.ResourceID, body)
+		}
+	}
+	if obs == 0 {
+		t.Fatal("no Goal references the measurement; the test no longer tests anything")
+	}
+	// A second full sync sends nothing.
+	before := len(ehr.requests)
+	if _, err := f.db.Backfill(ctx, "ehr", f.ep.ResourceTypes, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	for _, r := range ehr.requests[before:] {
+		if strings.HasPrefix(r, "PUT") || strings.HasPrefix(r, "POST") {
+			t.Errorf("a second full sync wrote: %s", r)
+		}
 	}
 }

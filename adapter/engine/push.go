@@ -26,6 +26,49 @@ type batch struct {
 	// patientEHRID is the EHR's id of the patient ("" when not found).
 	patientEHRID string
 	patientErr   string
+	// loads are the items' stored versions, read and parsed ahead of their
+	// writes (see loadAhead).
+	loads map[int64]*loaded
+}
+
+// loaded is one item's stored version, read and parsed while the writes
+// before it are in flight: parsing is most of the CPU a write costs, and
+// doing it ahead keeps a lane's requests back to back.
+type loaded struct {
+	ready    chan struct{}
+	v        resource.Version
+	notFound bool
+	err      error // reading failed
+	parsed   *outbound.Parsed
+	parseErr error
+}
+
+// loadAhead reads and parses items, in order, in the background; wait
+// returns once it is done.
+func (bt *batch) loadAhead(ctx context.Context, items []outbox.Item) (wait func()) {
+	bt.loads = make(map[int64]*loaded, len(items))
+	for _, it := range items {
+		bt.loads[it.ID] = &loaded{ready: make(chan struct{})}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, it := range items {
+			l := bt.loads[it.ID]
+			v, err := bt.w.o.Store.Read(ctx, it.ResourceType, it.ResourceID)
+			switch {
+			case treatment.ErrorKind(err) == treatment.KindNotFound:
+				l.notFound = true
+			case err != nil:
+				l.err = err
+			default:
+				l.v = v
+				l.parsed, l.parseErr = outbound.Parse(v.JSON)
+			}
+			close(l.ready)
+		}
+	}()
+	return func() { <-done }
 }
 
 // result is one write's outcome.
@@ -112,6 +155,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 		}
 		return n
 	}
+	defer bt.loadAhead(ctx, items)()
 	if err := bt.resolvePatient(ctx); err != nil {
 		if isAuth(err) {
 			return finish(), w.authFailed(ctx, err)
@@ -141,7 +185,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 		}
 		w.reachable()
 		results[it.ID] = r
-		if r.outcome == outbox.Sent && len(r.deferred) > 0 {
+		if (r.outcome == outbox.Sent || r.outcome == outbox.Unchanged) && len(r.deferred) > 0 {
 			again = append(again, it)
 		}
 	}
@@ -194,9 +238,10 @@ func (w *Worker) result(it outbox.Item, r result, owner string) outbox.Result {
 	switch r.outcome {
 	case outbox.Retry:
 		res.RetryAt = now.Add(max(r.retryAfter, w.backoff(it.Attempts+1, 0)))
-	case outbox.Sent:
+	case outbox.Sent, outbox.Unchanged:
 		if len(r.deferred) > 0 {
-			// Written without some references: send again once they exist.
+			// Written (now or before, unchanged) without some references:
+			// send again once they exist.
 			res.Outcome = outbox.Retry
 			res.RetryAt = now.Add(w.backoff(it.Attempts+1, 0))
 			res.Error = fmt.Sprintf("written without references to %d resource(s) the EHR does not hold yet", len(r.deferred))
@@ -206,7 +251,8 @@ func (w *Worker) result(it outbox.Item, r result, owner string) outbox.Result {
 }
 
 // resolvePatient finds the patient in the EHR: through the crosswalk when
-// kapfhir pushed it, else by the endpoint's patient identifier system.
+// kapfhir pushed it, else by the endpoint's patient identifier system (see
+// Worker.lookupPatient).
 func (bt *batch) resolvePatient(ctx context.Context) error {
 	w := bt.w
 	pk := resource.Key{Type: "Patient", ID: bt.b.PatientID}
@@ -220,32 +266,11 @@ func (bt *batch) resolvePatient(ctx context.Context) error {
 			return nil
 		}
 	}
-	v, err := w.o.Store.Read(ctx, "Patient", bt.b.PatientID)
-	if err != nil {
-		bt.patientErr = "the patient is not in kapfhir's store"
-		return nil
-	}
-	cr, err := fhirjson.Unmarshal(v.JSON)
-	if err != nil {
-		return fmt.Errorf("patient %s: %w", bt.b.PatientID, err)
-	}
-	values := outbound.Identifiers(cr, w.ep.PatientIdentifierSystem)
-	if len(values) == 0 {
-		bt.patientErr = "the patient has no identifier in " + w.ep.PatientIdentifierSystem
-		return nil
-	}
-	ids, err := bt.searchIDs(ctx, "Patient", w.ep.PatientIdentifierSystem+"|"+values[0])
+	p, err := w.lookupPatient(ctx, bt.b.PatientID)
 	if err != nil {
 		return err
 	}
-	switch len(ids) {
-	case 1:
-		bt.patientEHRID = ids[0]
-	case 0:
-		bt.patientErr = "the EHR has no patient with this patient's identifier in " + w.ep.PatientIdentifierSystem
-	default:
-		bt.patientErr = fmt.Sprintf("the EHR has %d patients with this patient's identifier in %s (duplicate: reconcile in the EHR)", len(ids), w.ep.PatientIdentifierSystem)
-	}
+	bt.patientEHRID, bt.patientErr = p.ehrID, p.problem
 	return nil
 }
 
@@ -284,14 +309,16 @@ func (bt *batch) write(ctx context.Context, it outbox.Item) (result, error) {
 	w := bt.w
 	k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
 	delete(bt.queue, k)
-	v, err := w.o.Store.Read(ctx, it.ResourceType, it.ResourceID)
-	if treatment.ErrorKind(err) == treatment.KindNotFound {
+	ld := bt.loads[it.ID]
+	<-ld.ready
+	if ld.notFound {
 		// Deleted or never stored: nothing to send.
 		return result{outcome: outbox.Unchanged, version: it.WantVersion, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: it.SentHash}, nil
 	}
-	if err != nil {
-		return result{}, fmt.Errorf("read %s: %w", k.Ref(), err)
+	if ld.err != nil {
+		return result{}, fmt.Errorf("read %s: %w", k.Ref(), ld.err)
 	}
+	v := ld.v
 	if k.Type == "Patient" && !w.ep.CreatePatients {
 		return result{outcome: outbox.Reject, version: v.VersionID, errMsg: "creating patients in this EHR is not enabled (createPatients)"}, nil
 	}
@@ -307,7 +334,10 @@ func (bt *batch) write(ctx context.Context, it outbox.Item) (result, error) {
 	}
 	rc := caps.Resources[k.Type]
 	prep := func(ehrID string) (outbound.Prepared, error) {
-		return outbound.Prepare(v.JSON, w.o.IdentifierSystem, ehrID, bt.resolver(ctx))
+		if ld.parseErr != nil {
+			return outbound.Prepared{}, ld.parseErr
+		}
+		return ld.parsed.Prepare(w.o.IdentifierSystem, ehrID, bt.resolver(ctx))
 	}
 
 	var r result
@@ -340,7 +370,7 @@ func (bt *batch) conditionalUpdate(ctx context.Context, it outbox.Item, prep pre
 		return r, nil
 	}
 	if bytes.Equal(p.Hash, it.SentHash) && it.EHRID != "" && it.SentVersion > 0 {
-		return result{outcome: outbox.Unchanged, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: p.Hash}, nil
+		return result{outcome: outbox.Unchanged, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: p.Hash, deferred: p.Deferred}, nil
 	}
 	path := it.ResourceType + "?" + identifierQuery(p.Identifier)
 	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPut, Path: path, Body: p.Body, Idempotent: true})
@@ -382,7 +412,7 @@ func (bt *batch) byID(ctx context.Context, it outbox.Item, rc ehrclient.Resource
 			return r, nil
 		}
 		if bytes.Equal(p.Hash, it.SentHash) && ehrID == it.EHRID && it.SentVersion > 0 {
-			return result{outcome: outbox.Unchanged, ehrID: ehrID, ehrVersion: ehrVersion, hash: p.Hash}, nil
+			return result{outcome: outbox.Unchanged, ehrID: ehrID, ehrVersion: ehrVersion, hash: p.Hash, deferred: p.Deferred}, nil
 		}
 		hdr := http.Header{}
 		if ehrVersion != "" {
@@ -487,23 +517,6 @@ func (bt *batch) classify(it outbox.Item, resp *ehrclient.Response, p outbound.P
 
 // searchIDs returns the EHR's ids of typ resources with identifier ident.
 func (bt *batch) searchIDs(ctx context.Context, typ, ident string) ([]string, error) {
-	path := typ + "?" + identifierQuery(ident)
-	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodGet, Path: path, Idempotent: true})
-	if err != nil {
-		return nil, err
-	}
-	if resp.Status != http.StatusOK {
-		return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: fmt.Sprintf("search %s by identifier: the EHR answered %d", typ, resp.Status)}
-	}
-	page, err := ehrclient.ParsePage(resp.Body)
-	if err != nil {
-		return nil, &treatment.Error{Kind: treatment.KindUnavailable, Msg: "search " + typ + " by identifier: the answer is not a Bundle", Err: err}
-	}
-	var ids []string
-	for _, e := range page.Entries {
-		if e.Match && e.ResourceType == typ && slices.Contains(e.Identifiers, ident) {
-			ids = append(ids, e.ID)
-		}
-	}
-	return ids, nil
+	found, _, err := bt.w.searchIdentifiers(ctx, typ, []string{ident})
+	return found[ident], err
 }

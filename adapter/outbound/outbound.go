@@ -60,10 +60,33 @@ type Prepared struct {
 // it). identifierSystem is kapfhir's identifier system; ehrID, when not
 // empty, becomes the body's id (an update by id), else the body has no id.
 func Prepare(stored []byte, identifierSystem, ehrID string, resolve Resolver) (Prepared, error) {
-	cr, err := fhirjson.Unmarshal(stored)
+	p, err := Parse(stored)
 	if err != nil {
-		return Prepared{}, fmt.Errorf("outbound: stored resource: %w", err)
+		return Prepared{}, err
 	}
+	return p.Prepare(identifierSystem, ehrID, resolve)
+}
+
+// Parsed is a stored resource parsed once, to prepare one or more bodies
+// from (parsing is most of the cost of preparing; the engine parses ahead
+// while earlier writes are in flight).
+type Parsed struct {
+	cr *bcrpb.ContainedResource
+}
+
+// Parse parses a stored resource.
+func Parse(stored []byte) (*Parsed, error) {
+	cr, err := fhirjson.UnmarshalStored(stored)
+	if err != nil {
+		return nil, fmt.Errorf("outbound: stored resource: %w", err)
+	}
+	return &Parsed{cr: cr}, nil
+}
+
+// Prepare builds a body as the package-level Prepare does; the parsed
+// resource is not changed (each body starts from a copy).
+func (pr *Parsed) Prepare(identifierSystem, ehrID string, resolve Resolver) (Prepared, error) {
+	cr := proto.Clone(pr.cr).(*bcrpb.ContainedResource)
 	root, err := resourceOf(cr.ProtoReflect())
 	if err != nil {
 		return Prepared{}, err

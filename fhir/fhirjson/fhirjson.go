@@ -17,6 +17,7 @@ var (
 	once       sync.Once
 	marshaller *jsonformat.Marshaller
 	validating *jsonformat.Unmarshaller
+	trusted    *jsonformat.Unmarshaller
 	initErr    error
 )
 
@@ -27,6 +28,10 @@ func setup() error {
 			return
 		}
 		validating, initErr = jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
+		if initErr != nil {
+			return
+		}
+		trusted, initErr = jsonformat.NewUnmarshallerWithoutValidation("UTC", fhirversion.R4)
 	})
 	return initErr
 }
@@ -43,14 +48,25 @@ func Marshal(res proto.Message) ([]byte, error) {
 	return b, nil
 }
 
+// UnmarshalStored parses FHIR R4 JSON that kapfhir rendered itself (a
+// stored version, validated when it was written) without validating it
+// again; anything else goes through Unmarshal.
+func UnmarshalStored(b []byte) (*bcrpb.ContainedResource, error) {
+	return unmarshal(&trusted, b)
+}
+
 // Unmarshal parses and validates FHIR R4 JSON (required fields, cardinality,
 // value sets of required bindings, reference types, primitive formats) and
 // returns the ContainedResource that wraps it.
 func Unmarshal(b []byte) (*bcrpb.ContainedResource, error) {
+	return unmarshal(&validating, b)
+}
+
+func unmarshal(u **jsonformat.Unmarshaller, b []byte) (*bcrpb.ContainedResource, error) {
 	if err := setup(); err != nil {
 		return nil, fmt.Errorf("fhirjson: %w", err)
 	}
-	msg, err := validating.Unmarshal(b)
+	msg, err := (*u).Unmarshal(b)
 	if err != nil {
 		return nil, fmt.Errorf("fhirjson: %w", err)
 	}

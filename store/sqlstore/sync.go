@@ -384,6 +384,37 @@ func (s Queue) Lease(ctx context.Context, l outbox.Lease) ([]outbox.Batch, error
 	return batches(items), nil
 }
 
+// Upcoming implements store.Sync: Lease's choice of patients, read only.
+func (s Queue) Upcoming(ctx context.Context, endpointID string, now time.Time, limit int) ([]string, error) {
+	if limit <= 0 {
+		limit = 32
+	}
+	b := &builder{d: s.d}
+	us := Micros(now)
+	query := `SELECT i.patient_id FROM sync_items i
+		WHERE i.endpoint_id = ` + b.arg(endpointID) + ` AND i.patient_id <> '' AND ` + runnable(b, "i.", us) + `
+		AND NOT EXISTS (SELECT 1 FROM sync_items f WHERE f.endpoint_id = i.endpoint_id AND f.patient_id = i.patient_id
+			AND f.state = '` + string(outbox.InFlight) + `' AND f.lease_until >= ` + b.arg(us) + `)
+		GROUP BY i.patient_id ORDER BY MIN(i.seq), i.patient_id LIMIT ` + b.arg(min(limit, 1000))
+	rows, err := s.read.Query(ctx, query, b.args...)
+	if err != nil {
+		return nil, fmt.Errorf("upcoming %s: %w", endpointID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("upcoming %s: %w", endpointID, err)
+		}
+		out = append(out, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("upcoming %s: %w", endpointID, err)
+	}
+	return out, nil
+}
+
 // batches groups leased items by patient, each batch by seq, the batches by
 // their first seq.
 func batches(items []outbox.Item) []outbox.Batch {

@@ -330,7 +330,24 @@ func testSyncLeaseOrder(t *testing.T, s store.Store) {
 	if bs := lease(t, s, outbox.Lease{EndpointID: "nothing", Owner: "a", MaxPatients: 5, Now: at(time.Minute), For: 2 * time.Hour}); len(bs) != 0 {
 		t.Errorf("lease of an unknown endpoint = %v, want none", batchKeys(bs))
 	}
+	upcoming := func(limit int) []string {
+		t.Helper()
+		ps, err := s.Upcoming(ctx, "ehr", at(time.Minute), limit)
+		if err != nil {
+			t.Fatalf("Upcoming: %v", err)
+		}
+		return ps
+	}
+	if diff := cmp.Diff([]string{"p2", "p1", "p3"}, upcoming(10)); diff != "" {
+		t.Errorf("Upcoming before any lease (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"p2"}, upcoming(1)); diff != "" {
+		t.Errorf("Upcoming(1) (-want +got):\n%s", diff)
+	}
 	bs := lease(t, s, outbox.Lease{EndpointID: "ehr", Owner: "a", MaxPatients: 2, Now: at(time.Minute), For: 2 * time.Hour})
+	if diff := cmp.Diff([]string{"p3"}, upcoming(10)); diff != "" {
+		t.Errorf("Upcoming after leasing p2 and p1 (-want +got):\n%s", diff)
+	}
 	if diff := cmp.Diff([]string{"p2: p2 a2", "p1: g1 p1"}, batchKeys(bs)); diff != "" {
 		t.Errorf("first lease (-want +got):\n%s", diff)
 	}

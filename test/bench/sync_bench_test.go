@@ -34,21 +34,23 @@ import (
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
-// ehrStats counts the fake EHR's writes and the time they took.
+// ehrStats counts the fake EHR's requests (searches and writes) and the
+// time they took.
 type ehrStats struct {
-	writes atomic.Int64
-	busy   atomic.Int64 // nanoseconds spent answering writes
+	requests atomic.Int64
+	busy     atomic.Int64 // nanoseconds spent answering
 }
 
-// latency is the mean time the EHR took to answer a write, as measured.
+// latency is the mean time the EHR took to answer a request, as measured.
 func (s *ehrStats) latency() time.Duration {
-	if n := s.writes.Load(); n > 0 {
+	if n := s.requests.Load(); n > 0 {
 		return time.Duration(s.busy.Load() / n)
 	}
 	return 0
 }
 
-// fakeEHR answers what the engine asks, after latency per write.
+// fakeEHR answers what the engine asks, each search and write after
+// latency.
 func fakeEHR(latency time.Duration, st *ehrStats) *httptest.Server {
 	const metadata = `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[` +
 		`{"type":"Patient","interaction":[{"code":"read"},{"code":"search-type"}]},` +
@@ -59,27 +61,34 @@ func fakeEHR(latency time.Duration, st *ehrStats) *httptest.Server {
 	var n atomic.Int64
 	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/fhir+json")
-		switch {
-		case r.URL.Path == "/fhir/metadata":
+		if r.URL.Path == "/fhir/metadata" {
 			w.Write([]byte(metadata))
+			return
+		}
+		// The injected EHR latency. This is a benchmark of wall-clock
+		// throughput against a latency bound, so the wait is real time
+		// (a synctest bubble would measure a simulation, not kapfhir);
+		// it ends early if the client goes away.
+		start := time.Now()
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+		defer func() { st.requests.Add(1); st.busy.Add(int64(time.Since(start))) }()
+		switch {
 		case r.Method == http.MethodGet && r.URL.Path == "/fhir/Patient":
-			// Every patient exists, with the identifier searched for.
-			system, value, _ := strings.Cut(r.URL.Query().Get("identifier"), "|")
-			fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Patient","id":"ehr-%s","identifier":[{"system":%q,"value":%q}]},"search":{"mode":"match"}}]}`, value, system, value)
-		case r.Method == http.MethodPut:
-			// The injected EHR latency. This is a benchmark of wall-clock
-			// throughput against a latency bound, so the wait is real time
-			// (a synctest bubble would measure a simulation, not kapfhir);
-			// it ends early if the client goes away.
-			start := time.Now()
-			t := time.NewTimer(latency)
-			select {
-			case <-t.C:
-			case <-r.Context().Done():
-				t.Stop()
-				return
+			// Every patient exists, with the identifier searched for
+			// (identifier=s|a,s|b,... is any of them).
+			var entries []string
+			for _, ident := range strings.Split(r.URL.Query().Get("identifier"), ",") {
+				system, value, _ := strings.Cut(ident, "|")
+				entries = append(entries, fmt.Sprintf(`{"resource":{"resourceType":"Patient","id":"ehr-%s","identifier":[{"system":%q,"value":%q}]},"search":{"mode":"match"}}`, value, system, value))
 			}
-			defer func() { st.writes.Add(1); st.busy.Add(int64(time.Since(start))) }()
+			fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[%s]}`, strings.Join(entries, ","))
+		case r.Method == http.MethodPut:
 			typ := strings.TrimPrefix(r.URL.Path, "/fhir/")
 			id := n.Add(1)
 			w.Header().Set("Location", fmt.Sprintf("/fhir/%s/e%d/_history/1", typ, id))
@@ -192,13 +201,13 @@ func BenchmarkSyncThroughput(b *testing.B) {
 				run++
 				ep := benchEndpoint(fmt.Sprintf("tp-%d-%d", c, run), ehr.URL)
 				ep.Concurrency = c
-				st.writes.Store(0)
+				st.requests.Store(0)
 				st.busy.Store(0)
 				n, d := f.drain(b, ep)
 				rate := float64(n) / d.Seconds()
 				bound := float64(c) / st.latency().Seconds()
 				b.ReportMetric(float64(st.latency().Microseconds())/1000, "latency-ms")
-				b.ReportMetric(float64(st.writes.Load())/float64(n), "writes/item")
+				b.ReportMetric(float64(st.requests.Load())/float64(n), "requests/item")
 				b.ReportMetric(rate, "items/s")
 				b.ReportMetric(bound, "bound/s")
 				b.ReportMetric(rate/bound, "x-bound")
@@ -228,11 +237,13 @@ func BenchmarkSyncDrain(b *testing.B) {
 		ep := benchEndpoint(fmt.Sprintf("drain-%d", run), ehr.URL)
 		ep.Concurrency = 4
 		ep.RateLimit = endpoint.RateLimit{PerSecond: rate, Burst: 1}
+		st.requests.Store(0)
 		n, d := f.drain(b, ep)
 		bound := time.Duration(float64(n) / rate * float64(time.Second))
 		b.ReportMetric(float64(n), "items")
 		b.ReportMetric(d.Seconds(), "drain-s")
 		b.ReportMetric(bound.Seconds(), "bound-s")
+		b.ReportMetric(float64(st.requests.Load())/float64(n), "requests/item")
 		b.ReportMetric(d.Seconds()/bound.Seconds(), "x-bound")
 	}
 }
