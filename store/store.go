@@ -48,6 +48,7 @@ type ResourceReader interface {
 type Tx interface {
 	DomainReader
 	SyncTx
+	AuditTx
 
 	// CreatePatient inserts a patient. A patient with the same identifier
 	// (system and value) already present is a conflict error.
@@ -79,6 +80,8 @@ type Store interface {
 	DomainReader
 	ResourceReader
 	Sync
+	Audit
+	Security
 	// InTx runs fn in one transaction: fn's error (or a panic) rolls back,
 	// otherwise it commits. Transactions are serializable with respect to
 	// each other for the rows they write.

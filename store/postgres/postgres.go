@@ -26,8 +26,9 @@ var migrationFS embed.FS
 
 // DB is a PostgreSQL store. It is safe for concurrent use.
 type DB struct {
-	sqlstore.Reader // on the pool
-	sqlstore.Queue  // reads on the pool, writes each in a transaction
+	sqlstore.Reader   // on the pool
+	sqlstore.Queue    // reads on the pool, writes each in a transaction
+	sqlstore.Security // audit trail and auth storage: reads and writes as Queue
 
 	pool *pgxpool.Pool
 }
@@ -58,6 +59,7 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*DB, error) {
 	db := &DB{pool: pool}
 	db.Reader = sqlstore.NewReader(dialect, querier{pool}, db.snapshot)
 	db.Queue = sqlstore.NewQueue(dialect, querier{pool}, db.snapshot, db.tx)
+	db.Security = sqlstore.NewSecurity(dialect, querier{pool}, db.snapshot, db.tx)
 	return db, nil
 }
 

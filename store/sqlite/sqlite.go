@@ -33,8 +33,9 @@ const busyTimeoutMS = 10000
 
 // DB is a SQLite store. It is safe for concurrent use.
 type DB struct {
-	sqlstore.Reader // on the reader pool
-	sqlstore.Queue  // reads on the reader pool, writes on the writer
+	sqlstore.Reader   // on the reader pool
+	sqlstore.Queue    // reads on the reader pool, writes on the writer
+	sqlstore.Security // audit trail and auth storage: reads and writes as Queue
 
 	path  string
 	write *sql.DB // exactly one connection: all writes and transactions
@@ -87,6 +88,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	db := &DB{path: path, write: write, read: read, stmts: newStmtCache(read)}
 	db.Reader = sqlstore.NewReader(dialect, db.stmts, db.snapshot)
 	db.Queue = sqlstore.NewQueue(dialect, db.stmts, db.snapshot, db.tx)
+	db.Security = sqlstore.NewSecurity(dialect, db.stmts, db.snapshot, db.tx)
 	return db, nil
 }
 
