@@ -27,8 +27,10 @@ type Service interface {
 
 // Handlers serve /api/v1.
 type Handlers struct {
-	svc  Service
-	sync Sync
+	svc     Service
+	sync    Sync
+	clients Clients
+	audit   Audit
 	// FHIRBase, when set, is the absolute FHIR base used for links in responses.
 	fhirBase string
 }
@@ -50,6 +52,8 @@ func (h *Handlers) Register(g *echo.Group) {
 	g.PATCH("/sessions/:id", h.patchSession)
 	g.POST("/measurements", h.addMeasurement)
 	h.registerSync(g)
+	h.registerClients(g)
+	h.registerAudit(g)
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)

@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/kapfhir/kapfhir/auth"
 	"io"
 	"net/http"
 	"strings"
@@ -33,7 +34,7 @@ func call(t *testing.T, env *kaptest.Env, method, path, contentType, body string
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := env.Client(t, auth.RoleClinic).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

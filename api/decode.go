@@ -41,6 +41,10 @@ func decode(c echo.Context, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return badRequest("the body is empty: a JSON object is required")
 	}
+	// Refuse deep nesting before anything is built from the body.
+	if nestsDeeper(body, maxDepth) {
+		return badRequest(fmt.Sprintf("the body nests deeper than %d levels", maxDepth))
+	}
 	var generic any
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
@@ -49,9 +53,6 @@ func decode(c echo.Context, v any) error {
 	}
 	if dec.More() {
 		return badRequest("the body holds more than one JSON value")
-	}
-	if depth(generic) > maxDepth {
-		return badRequest(fmt.Sprintf("the body nests deeper than %d levels", maxDepth))
 	}
 	if _, ok := generic.(map[string]any); !ok {
 		return badRequest("the body must be a JSON object")
@@ -109,22 +110,36 @@ func jsonType(t reflect.Type) string {
 	return t.String()
 }
 
-func depth(v any) int {
-	switch x := v.(type) {
-	case map[string]any:
-		d := 0
-		for _, e := range x {
-			d = max(d, depth(e))
+// nestsDeeper reports whether the JSON text b opens more than limit objects
+// and arrays inside one another. It only counts brackets outside strings, so
+// it runs before (and whatever) the decoder would build, in one pass and
+// constant memory; for valid JSON it measures what the decoder would build.
+func nestsDeeper(b []byte, limit int) bool {
+	depth := 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			if depth > limit {
+				return true
+			}
+		case c == '}' || c == ']':
+			depth--
 		}
-		return d + 1
-	case []any:
-		d := 0
-		for _, e := range x {
-			d = max(d, depth(e))
-		}
-		return d + 1
 	}
-	return 0
+	return false
 }
 
 // unknownFields lists the paths of JSON object keys that t has no field for.
@@ -146,8 +161,11 @@ func unknownFields(v any, t reflect.Type, path string) []string {
 		sort.Strings(keys)
 		for _, k := range keys {
 			p := k
+			if p == "" {
+				p = `""` // an empty key, named visibly
+			}
 			if path != "" {
-				p = path + "." + k
+				p = path + "." + p
 			}
 			ft, ok := fields[k]
 			if !ok {

@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/kapfhir/kapfhir/adapter"
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/treatment"
@@ -65,9 +66,8 @@ func (h *Handlers) registerSync(g *echo.Group) {
 	g.GET("/sync/log", h.syncLog)
 }
 
-// actor is who an operator action is recorded as. Until the API has
-// authentication (security issue) it is the caller's address.
-func actor(c echo.Context) string { return "api:" + c.RealIP() }
+// actor is who an operator action is recorded as: the authenticated client.
+func actor(c echo.Context) string { return "client:" + audit.AgentFrom(c.Request().Context()).ClientID }
 
 func (h *Handlers) listEndpoints(c echo.Context) error {
 	eps, err := h.sync.Endpoints(c.Request().Context())

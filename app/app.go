@@ -10,10 +10,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/mapping"
@@ -47,14 +49,16 @@ type Options struct {
 
 // Service runs the use cases.
 type Service struct {
-	store  store.Store
-	cat    Catalogue
-	cal    treatment.Calendar
-	opts   mapping.Options
-	now    func() time.Time
-	newID  func() string
-	log    *slog.Logger
-	notify func()
+	store store.Store
+	cat   Catalogue
+	cal   treatment.Calendar
+	opts  mapping.Options
+	// installation is the installation id (audit records' source).
+	installation string
+	now          func() time.Time
+	newID        func() string
+	log          *slog.Logger
+	notify       func()
 }
 
 // metaInstallation is the store meta key of the installation id.
@@ -87,17 +91,18 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		s.cal = treatment.DefaultCalendar(time.UTC)
 	}
 	err := s.store.InTx(ctx, func(tx store.Tx) error {
-		if s.opts.IdentifierSystem == "" {
-			id, err := tx.Meta(ctx, metaInstallation)
-			if err != nil {
+		id, err := tx.Meta(ctx, metaInstallation)
+		if err != nil {
+			return err
+		}
+		if id == "" {
+			id = uuid.NewString()
+			if err := tx.SetMeta(ctx, metaInstallation, id); err != nil {
 				return err
 			}
-			if id == "" {
-				id = uuid.NewString()
-				if err := tx.SetMeta(ctx, metaInstallation, id); err != nil {
-					return err
-				}
-			}
+		}
+		s.installation = id
+		if s.opts.IdentifierSystem == "" {
 			s.opts.IdentifierSystem = "urn:uuid:" + id
 		}
 		for _, p := range s.cat.All() {
@@ -112,6 +117,9 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	}
 	return s, nil
 }
+
+// Installation is this installation's id (generated once, kept in the store).
+func (s *Service) Installation() string { return s.installation }
 
 // IdentifierSystem is the identifier system every resource of this installation carries.
 func (s *Service) IdentifierSystem() string { return s.opts.IdentifierSystem }
@@ -158,6 +166,9 @@ func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource, pati
 	if err := tx.PutVersion(ctx, w); err != nil {
 		return false, err
 	}
+	if a, ok := tx.(*auditedTx); ok {
+		a.wrote(r.Type, r.ID, cur+1, patientID)
+	}
 	var work []outbox.Work
 	for _, e := range eps {
 		if e.Enabled && e.Pushes(r.Type) {
@@ -173,15 +184,69 @@ func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource, pati
 }
 
 // inTx runs fn in one store transaction and, once it has committed, wakes
-// the sync engine: the work fn enqueued is durable from then on.
+// the sync engine: the work fn enqueued is durable from then on. The
+// resources fn wrote are audited in the same transaction, as done by the
+// agent ctx carries (audit.AgentFrom).
 func (s *Service) inTx(ctx context.Context, fn func(tx store.Tx) error) error {
-	if err := s.store.InTx(ctx, fn); err != nil {
+	err := s.store.InTx(ctx, func(tx store.Tx) error {
+		a := &auditedTx{Tx: tx}
+		if err := fn(a); err != nil {
+			return err
+		}
+		if rec, ok := a.record(audit.AgentFrom(ctx), s.installation, s.timestamp()); ok {
+			if _, err := tx.AppendAudit(ctx, rec); err != nil {
+				return fmt.Errorf("audit: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	if s.notify != nil {
 		s.notify()
 	}
 	return nil
+}
+
+// auditedTx notes the resource versions a domain change writes.
+type auditedTx struct {
+	store.Tx
+	refs     []string
+	created  bool
+	updated  bool
+	patients []string
+}
+
+func (a *auditedTx) wrote(typ, id string, version int64, patientID string) {
+	a.refs = append(a.refs, fmt.Sprintf("%s/%s/_history/%d", typ, id, version))
+	if version == 1 {
+		a.created = true
+	} else {
+		a.updated = true
+	}
+	if patientID != "" && !slices.Contains(a.patients, patientID) {
+		a.patients = append(a.patients, patientID)
+	}
+}
+
+// record is the audit record of what was written (ok false: nothing was).
+// A change that creates and updates is an update: the programme changed.
+func (a *auditedTx) record(agent audit.Agent, source string, now time.Time) (audit.Record, bool) {
+	if len(a.refs) == 0 {
+		return audit.Record{}, false
+	}
+	r := audit.Record{Time: now, Subtype: audit.Update, Outcome: audit.Success, Agent: agent, Source: source}
+	if !a.updated {
+		r.Subtype = audit.Create
+	}
+	if len(a.patients) == 1 {
+		r.PatientID = a.patients[0]
+	}
+	for _, ref := range a.refs {
+		r.Entities = append(r.Entities, audit.Entity{Ref: ref})
+	}
+	return r, true
 }
 
 // putProgram re-maps a programme and stores the resources that changed.

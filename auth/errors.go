@@ -23,6 +23,9 @@ type OAuthError struct {
 	Status      int    `json:"-"`
 	// Err is the cause, for logs only (never a token).
 	Err error `json:"-"`
+	// ClientID is the client the request named or claimed to be (not
+	// authenticated: for the audit record of the refusal), when known.
+	ClientID string `json:"-"`
 }
 
 // Error is for logs: the code, the description and the cause.

@@ -244,6 +244,9 @@ func optional(form url.Values, name string) (string, error) {
 // withClient records the authenticated client id on e, for logs.
 func withClient(e *OAuthError, clientID string) *OAuthError {
 	e.Err = fmt.Errorf("client %s", clientID)
+	if ValidClientID(clientID) {
+		e.ClientID = clientID
+	}
 	return e
 }
 

@@ -40,6 +40,8 @@ type Config struct {
 	Sync      Sync      `yaml:"sync"`
 	// Endpoints are EHRs to keep in sync (more can be added through the API).
 	Endpoints Endpoints `yaml:"endpoints,omitempty"`
+	// Auth configures kapfhir's authorization server and its clients.
+	Auth Auth `yaml:"auth"`
 }
 
 // Sync tunes the sync engine.
@@ -287,6 +289,7 @@ var (
 // naming the key and the allowed values.
 func (c Config) Validate() Problems {
 	var p Problems
+	c.Auth.validate(&p)
 	if host, port, err := net.SplitHostPort(c.Listen); err != nil {
 		p.add("listen", "must be host:port (e.g. 127.0.0.1:8080, :0 for any free port)")
 	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {

@@ -25,8 +25,11 @@ const restDoc = "Read-only FHIR R4 API. Search: repeated parameters are ANDed, c
 	"Paging follows the next link (an opaque _cursor)."
 
 // capabilityStatement renders the CapabilityStatement of exactly what Server
-// implements, generated from resource.Types, resource.Params and resource.Includes.
-func capabilityStatement(base, software string, now time.Time) ([]byte, error) {
+// implements, generated from resource.Types, resource.Params and
+// resource.Includes, with AuditEvent (auditParams) when o.Audit, and how
+// clients authenticate (rest.security).
+func capabilityStatement(base string, o Options, now time.Time) ([]byte, error) {
+	software := o.Software
 	cs := &cspb.CapabilityStatement{
 		Name:        &d4pb.String{Value: "KapfhirCapabilityStatement"},
 		Title:       &d4pb.String{Value: "kapfhir FHIR R4 server"},
@@ -60,6 +63,14 @@ func capabilityStatement(base, software string, now time.Time) ([]byte, error) {
 		}
 		rest.Resource = append(rest.Resource, r)
 	}
+	if o.Audit {
+		r, err := auditCapability()
+		if err != nil {
+			return nil, err
+		}
+		rest.Resource = append(rest.Resource, r)
+	}
+	rest.Security = restSecurity(tokenURL(base, o.TokenURL))
 	cs.Rest = []*cspb.CapabilityStatement_Rest{rest}
 	b, err := fhirjson.Marshal(cs)
 	if err != nil {
@@ -134,4 +145,93 @@ func upperSnake(s string) string {
 		b.WriteRune(unicode.ToUpper(r))
 	}
 	return b.String()
+}
+
+// SMART on FHIR discovery in the CapabilityStatement.
+const (
+	// oauthURIs is the SMART extension on rest.security naming the OAuth2
+	// endpoints; its "token" sub-extension is the token endpoint.
+	oauthURIs = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+	// sysSecurityService is the code system of rest.security.service.
+	sysSecurityService = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+)
+
+// securityDoc is rest.security.description.
+const securityDoc = "Every interaction except GET /metadata requires an access token, sent as " +
+	"`Authorization: Bearer <token>`. Tokens come from SMART Backend Services at the token endpoint " +
+	"(see the oauth-uris extension): a registered client posts grant_type=client_credentials with a " +
+	"client assertion (client_assertion_type urn:ietf:params:oauth:client-assertion-type:jwt-bearer, " +
+	"private_key_jwt) signed RS384 or ES384 and the system scopes it needs. Requests without a valid " +
+	"token are refused with 401, requests outside the token's scopes with 403. Discovery: " +
+	"GET .well-known/smart-configuration under this FHIR base (or at the server root)."
+
+// tokenURL is the token endpoint to advertise: explicit, else the server
+// root (the FHIR base without "/fhir") + "/auth/token", else, when the base
+// is derived per request, the absolute-path reference "/auth/token" (SMART
+// does not require absolute URIs; it resolves against the host that served
+// the statement, which is where a derived base puts the server root).
+func tokenURL(base, explicit string) string {
+	switch {
+	case explicit != "":
+		return explicit
+	case base != "":
+		return strings.TrimSuffix(base, "/fhir") + "/auth/token"
+	}
+	return "/auth/token"
+}
+
+// restSecurity says how clients authenticate: SMART on FHIR (Backend
+// Services), the token endpoint in the oauth-uris extension.
+func restSecurity(token string) *cspb.CapabilityStatement_Rest_Security {
+	return &cspb.CapabilityStatement_Rest_Security{
+		Extension: []*d4pb.Extension{{
+			Url: &d4pb.Uri{Value: oauthURIs},
+			Extension: []*d4pb.Extension{{
+				Url:   &d4pb.Uri{Value: "token"},
+				Value: &d4pb.Extension_ValueX{Choice: &d4pb.Extension_ValueX_Uri{Uri: &d4pb.Uri{Value: token}}},
+			}},
+		}},
+		Service: []*d4pb.CodeableConcept{{
+			Coding: []*d4pb.Coding{{
+				System:  &d4pb.Uri{Value: sysSecurityService},
+				Code:    &d4pb.Code{Value: "SMART-on-FHIR"},
+				Display: &d4pb.String{Value: "SMART-on-FHIR"},
+			}},
+		}},
+		Description: &d4pb.Markdown{Value: securityDoc},
+	}
+}
+
+// auditDoc documents what is particular to AuditEvent.
+const auditDoc = "The audit trail, newest first. AuditEvents are immutable: each has one version " +
+	"(ETag W/\"1\"), so vread and history are not supported. Search: _count (default 50, at most 1000), " +
+	"_sort (-date, the default, or date), _summary=false; no totals beyond one page, so _summary=count " +
+	"is not supported. Paging follows the next link (an opaque _cursor). Unknown parameters are " +
+	"rejected with 400 unless the request sends Prefer: handling=lenient."
+
+// auditCapability describes AuditEvent: read and search-type with auditParams.
+func auditCapability() (*cspb.CapabilityStatement_Rest_Resource, error) {
+	r := &cspb.CapabilityStatement_Rest_Resource{
+		Type:          &cspb.CapabilityStatement_Rest_Resource_TypeCode{Value: c4pb.ResourceTypeCode_AUDIT_EVENT},
+		Documentation: &d4pb.Markdown{Value: auditDoc},
+		Versioning:    &cspb.CapabilityStatement_Rest_Resource_VersioningCode{Value: c4pb.ResourceVersionPolicyCode_NO_VERSION},
+		ReadHistory:   &d4pb.Boolean{Value: false},
+	}
+	for _, i := range []vspb.TypeRestfulInteractionValueSet_Value{vspb.TypeRestfulInteractionValueSet_READ, vspb.TypeRestfulInteractionValueSet_SEARCH_TYPE} {
+		r.Interaction = append(r.Interaction, &cspb.CapabilityStatement_Rest_Resource_ResourceInteraction{
+			Code: &cspb.CapabilityStatement_Rest_Resource_ResourceInteraction_CodeType{Value: i},
+		})
+	}
+	for _, p := range auditParams {
+		pt, ok := paramTypes[p.Type]
+		if !ok {
+			return nil, fmt.Errorf("AuditEvent: search parameter %s has unsupported type %s", p.Name, p.Type)
+		}
+		r.SearchParam = append(r.SearchParam, &cspb.CapabilityStatement_Rest_Resource_SearchParam{
+			Name:          &d4pb.String{Value: p.Name},
+			Type:          &cspb.CapabilityStatement_Rest_Resource_SearchParam_TypeCode{Value: pt},
+			Documentation: &d4pb.Markdown{Value: p.Doc},
+		})
+	}
+	return r, nil
 }

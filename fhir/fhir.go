@@ -43,6 +43,15 @@ type Options struct {
 	// Now is the clock for CapabilityStatement.date and Bundle timestamps;
 	// nil means time.Now.
 	Now func() time.Time
+	// Audit lists AuditEvent (read, search) in the CapabilityStatement. Set
+	// it exactly when the Server is given an AuditReader (WithAudit): the
+	// statement is rendered once, in New.
+	Audit bool
+	// TokenURL is the SMART Backend Services token endpoint named in the
+	// CapabilityStatement (rest.security). Empty: the server root (BaseURL
+	// without its "/fhir") + "/auth/token", or, without a BaseURL, the
+	// absolute-path reference "/auth/token" on the host that serves /fhir.
+	TokenURL string
 }
 
 // Server serves the FHIR REST API.
@@ -51,6 +60,8 @@ type Server struct {
 	base       string
 	now        func() time.Time
 	capability []byte
+	// audit serves /AuditEvent when set (WithAudit).
+	audit AuditReader
 }
 
 // New returns a Server reading from r. It renders the CapabilityStatement once.
@@ -62,7 +73,7 @@ func New(r Reader, o Options) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	cs, err := capabilityStatement(s.base, o.Software, s.now())
+	cs, err := capabilityStatement(s.base, o, s.now())
 	if err != nil {
 		return nil, fmt.Errorf("fhir: capability statement: %w", err)
 	}
@@ -73,6 +84,10 @@ func New(r Reader, o Options) (*Server, error) {
 // Register mounts the interactions on g, which the caller mounts at /fhir.
 func (s *Server) Register(g *echo.Group) {
 	g.GET("/metadata", s.metadata)
+	if s.audit != nil {
+		// Static routes, so /AuditEvent never reaches the generic handlers.
+		s.registerAudit(g)
+	}
 	g.GET("/:type", s.searchGet)
 	g.GET("/:type/_search", s.searchGet)
 	g.POST("/:type/_search", s.searchPost)

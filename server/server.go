@@ -19,6 +19,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/api"
 	"github.com/kapfhir/kapfhir/fhir"
+	"github.com/kapfhir/kapfhir/treatment"
 )
 
 // Options configures the handler.
@@ -29,6 +30,15 @@ type Options struct {
 	MaxBodyBytes int64
 	// Ready reports whether the service can take traffic (e.g. the store answers).
 	Ready func(ctx context.Context) error
+	// Access verifies bearer tokens and answers /auth/token. Without it
+	// every protected route answers 401: there is no unauthenticated mode.
+	Access Front
+	// Audit records reads, searches and refusals.
+	Audit Recorder
+	// Throttle, when set, limits each client's request rate.
+	Throttle Throttle
+	// Source is the installation id (audit records' observer).
+	Source string
 }
 
 // New returns the Echo instance serving everything.
@@ -44,7 +54,8 @@ func New(o Options) *echo.Echo {
 			err = echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", mbe.Limit))
 		}
 		var he *echo.HTTPError
-		if !errors.As(err, &he) || he.Code >= 500 {
+		k := treatment.ErrorKind(err)
+		if errors.As(err, &he) && he.Code >= 500 || !errors.As(err, &he) && (k == treatment.KindInternal || k == treatment.KindUnavailable) {
 			log.ErrorContext(c.Request().Context(), "request failed", "method", c.Request().Method, "path", c.Path(), "error", err)
 		}
 		if isFHIR(c.Request().URL.Path) {
@@ -64,6 +75,12 @@ func New(o Options) *echo.Echo {
 	if o.MaxBodyBytes > 0 {
 		e.Use(bodyLimit(o.MaxBodyBytes))
 	}
+	front := o.Access
+	if front == nil {
+		front = closed{}
+	}
+	e.Use(authenticate(front, o.Audit, o.Throttle, o.Source, log))
+	registerAuth(e, front)
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/readyz", func(c echo.Context) error {
 		if o.Ready != nil {

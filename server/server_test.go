@@ -19,7 +19,7 @@ import (
 func newTestServer(t *testing.T, ready func(context.Context) error) (*echo.Echo, *bytes.Buffer) {
 	t.Helper()
 	var logs bytes.Buffer
-	e := New(Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), MaxBodyBytes: 64, Ready: ready})
+	e := New(Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), MaxBodyBytes: 64, Ready: ready, Access: fakeFront{}})
 	e.GET("/fhir/Boom", func(echo.Context) error { panic("kaboom-secret") })
 	e.GET("/api/v1/boom", func(echo.Context) error { panic("kaboom-secret") })
 	e.POST("/api/v1/echo", func(c echo.Context) error {
@@ -32,7 +32,15 @@ func newTestServer(t *testing.T, ready func(context.Context) error) (*echo.Echo,
 	return e, &logs
 }
 
+// do serves req with the clinic's token unless it carries another (or
+// "none").
 func do(e *echo.Echo, req *http.Request) *httptest.ResponseRecorder {
+	switch req.Header.Get("Authorization") {
+	case "":
+		req.Header.Set("Authorization", "Bearer clinic")
+	case "none":
+		req.Header.Del("Authorization")
+	}
 	rec := httptest.NewRecorder()
 	e.ServeHTTP(rec, req)
 	return rec

@@ -3,8 +3,6 @@ package ehrclient
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -259,22 +258,7 @@ func oauthErrorCode(s string) string {
 
 // assertion signs a SMART Backend Services client assertion for aud.
 func (s *oauthSource) assertion(aud string) (string, error) {
-	var jti [16]byte
-	if _, err := rand.Read(jti[:]); err != nil {
-		return "", err
-	}
-	now := s.now()
-	claims := jwt.RegisteredClaims{
-		Issuer:    s.ep.Auth.ClientID,
-		Subject:   s.ep.Auth.ClientID,
-		Audience:  jwt.ClaimStrings{aud},
-		IssuedAt:  jwt.NewNumericDate(now),
-		ExpiresAt: jwt.NewNumericDate(now.Add(AssertionLifetime)),
-		ID:        hex.EncodeToString(jti[:]),
-	}
-	t := jwt.NewWithClaims(s.method, claims)
-	t.Header["kid"] = s.ep.Auth.Kid
-	return t.SignedString(s.signer)
+	return auth.SignAssertion(s.method, s.signer, s.ep.Auth.ClientID, s.ep.Auth.Kid, aud, s.now(), AssertionLifetime)
 }
 
 // endpointURL returns the token URL: configured, or discovered once from the

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/kapfhir/kapfhir/adapter"
 	"github.com/kapfhir/kapfhir/api"
@@ -21,6 +22,7 @@ import (
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/store/postgres"
 	"github.com/kapfhir/kapfhir/store/sqlite"
+	"github.com/kapfhir/kapfhir/throttle"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -39,6 +41,8 @@ Usage:
   kapfhir endpoints test ID [-config FILE]     test an endpoint: metadata, SMART, token, write strategy
   kapfhir sync backfill -endpoint ID            queue everything for an endpoint and send it (progress, ETA)
   kapfhir sync reconcile -endpoint ID [-repair] compare the EHR with what kapfhir sent
+  kapfhir token [-client ID] [-key FILE] [-url URL] [-scope S]  get an access token (default: the admin client)
+  kapfhir audit verify [-config FILE]          check the audit trail's hash chain
   kapfhir version
 
 With no -config, KAPFHIR_CONFIG names the file; with neither, defaults apply
@@ -62,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 		cmd, rest = "config check", rest[1:]
 	}
 	var sub string
-	if (cmd == "endpoints" || cmd == "sync") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+	if (cmd == "endpoints" || cmd == "sync" || cmd == "audit") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		sub, rest = rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet("kapfhir "+cmd, flag.ContinueOnError)
@@ -70,8 +74,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 	cfgPath := fs.String("config", "", "path to a YAML configuration file")
 	endpointID := fs.String("endpoint", "", "endpoint id (sync commands)")
 	repair := fs.Bool("repair", false, "queue missing and drifted resources again (sync reconcile)")
+	clientID := fs.String("client", "admin", "client id (token)")
+	keyFile := fs.String("key", "", "the client's private key, PKCS#8 PEM (token; default: the admin key in the data directory)")
+	baseURL := fs.String("url", "", "kapfhir's base URL (token; default: baseURL, else http://listen)")
+	scope := fs.String("scope", "system/*.rs", "scopes to ask for (token)")
 	switch cmd {
-	case "serve", "migrate", "demo", "protocols", "config check", "endpoints", "sync":
+	case "serve", "migrate", "demo", "protocols", "config check", "endpoints", "sync", "token":
+	case "audit":
+		if sub != "verify" {
+			return errors.New("usage: kapfhir audit verify")
+		}
 	case "version":
 		fmt.Fprintln(stdout, "kapfhir", version)
 		return nil
@@ -131,6 +143,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 		return endpointsCmd(ctx, cfg, log, append([]string{sub}, extra...), stdout)
 	case "sync":
 		return syncCmd(ctx, cfg, log, sub, *endpointID, *repair, stdout)
+	case "token":
+		return tokenCmd(ctx, cfg, *clientID, *keyFile, *baseURL, *scope, stdout)
+	case "audit":
+		return auditVerify(ctx, cfg, stdout)
 	}
 	return serve(ctx, cfg, log, stdout)
 }
@@ -237,16 +253,27 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	if err != nil {
 		return err
 	}
+	addr := ln.Addr().String()
+	acc, note, err := openAccess(ctx, cfg, st, issuerOf(cfg, addr), svc.Installation(), log)
+	if err != nil {
+		return err
+	}
+	var th server.Throttle
+	if cfg.Auth.RatePerSecond > 0 {
+		th = throttle.New(cfg.Auth.RatePerSecond, max(cfg.Auth.RateBurst, 1), time.Now)
+	}
 	h := server.New(server.Options{
-		FHIR: fs, API: api.New(svc, fhirBase).WithSync(mgr), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		FHIR: fs, API: api.New(svc, fhirBase).WithSync(mgr).WithClients(acc), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		Access: acc, Audit: st, Throttle: th, Source: svc.Installation(),
 		Ready: func(ctx context.Context) error {
 			_, err := st.Patient(ctx, "readiness-probe")
 			return ignoreNotFound(err)
 		},
 	})
-	addr := ln.Addr().String()
 	log.Info("kapfhir listening", "addr", addr, "store", cfg.Store.Driver, "version", version)
-	fmt.Fprintf(stdout, "kapfhir listening on http://%s (FHIR base http://%s/fhir)\n", addr, addr)
+	// One write: a reader of the first line is not made to read the note
+	// before the server serves.
+	fmt.Fprintf(stdout, "kapfhir listening on http://%s (FHIR base http://%s/fhir)\n%s", addr, addr, note)
 	return server.Serve(ctx, ln, h, server.Timeouts{
 		ReadHeader: cfg.HTTP.ReadHeaderTimeout, Read: cfg.HTTP.ReadTimeout, Write: cfg.HTTP.WriteTimeout,
 		Idle: cfg.HTTP.IdleTimeout, Shutdown: cfg.HTTP.ShutdownTimeout,

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/test/fhirvalidate"
 )
@@ -51,10 +52,12 @@ func TestMain(m *testing.M) {
 
 // instance is a running kapfhir.
 type instance struct {
-	base   string // http://127.0.0.1:port
-	cmd    *exec.Cmd
-	stderr *logBuffer
-	done   chan error
+	base    string // http://127.0.0.1:port
+	dataDir string
+	tokens  map[auth.Role]string
+	cmd     *exec.Cmd
+	stderr  *logBuffer
+	done    chan error
 }
 
 // logBuffer collects the process's stderr; tests read it while the process
@@ -96,6 +99,11 @@ func start(t *testing.T, extraEnv ...string) *instance {
 		t.Fatal(err)
 	}
 	inst := &instance{cmd: cmd, stderr: &logBuffer{}, done: make(chan error, 1)}
+	for _, kv := range cmd.Env {
+		if v, ok := strings.CutPrefix(kv, "KAPFHIR_DATA_DIR="); ok {
+			inst.dataDir = v // the last one wins, as in the process
+		}
+	}
 	cmd.Stderr = inst.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -126,6 +134,7 @@ func start(t *testing.T, extraEnv ...string) *instance {
 			_ = cmd.Process.Kill()
 		}
 	})
+	inst.login(t)
 	return inst
 }
 
@@ -153,6 +162,16 @@ type response struct {
 
 func (in *instance) do(t *testing.T, method, path string, body any) response {
 	t.Helper()
+	p := path
+	if u, err := url.Parse(path); err == nil && u.IsAbs() {
+		p = u.Path
+	}
+	return in.doAs(t, roleFor(p), method, path, body)
+}
+
+// doAs makes a request with role's token (none for role "").
+func (in *instance) doAs(t *testing.T, role auth.Role, method, path string, body any) response {
+	t.Helper()
 	var r io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -171,6 +190,9 @@ func (in *instance) do(t *testing.T, method, path string, body any) response {
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if tok := in.tokens[role]; tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -5,15 +5,26 @@ package kaptest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/kapfhir/kapfhir/access"
 	"github.com/kapfhir/kapfhir/api"
 	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/audit"
+	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/catalogue"
 	"github.com/kapfhir/kapfhir/fhir"
 	"github.com/kapfhir/kapfhir/server"
@@ -27,6 +38,13 @@ type Env struct {
 	App   *app.Service
 	Store *sqlite.DB
 	Clock *Clock
+	// Access is the authorization server; every role has a registered
+	// client (see Client).
+	Access *access.Service
+	keys   map[auth.Role]*ecdsa.PrivateKey
+
+	mu      sync.Mutex
+	clients map[auth.Role]*http.Client
 }
 
 // Clock is a settable clock.
@@ -74,10 +92,99 @@ func New(t testing.TB, maxBody int64) *Env {
 	if maxBody == 0 {
 		maxBody = 1 << 20
 	}
-	e := server.New(server.Options{FHIR: fs, API: api.New(svc, ""), MaxBodyBytes: maxBody})
-	srv := httptest.NewServer(e)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	acc, err := access.New(ctx, access.Options{Store: db, Issuer: base, DataDir: t.TempDir(), Source: svc.Installation(), TokenLifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &Env{URL: base, App: svc, Store: db, Clock: clock, Access: acc, keys: map[auth.Role]*ecdsa.PrivateKey{}}
+	for _, role := range []auth.Role{auth.RoleClinic, auth.RoleEHR, auth.RoleAdmin, auth.RoleAuditor} {
+		k, err := auth.GenerateKey(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv, err := auth.ParsePrivateKey(k.PEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwks, err := auth.PublicJWKS(k.ID, &priv.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := auth.Client{ID: "test-" + string(role), JWKS: jwks, Scopes: []string{"system/*.rs"}, Role: role}
+		if _, err := acc.PutClient(ctx, c, audit.System); err != nil {
+			t.Fatal(err)
+		}
+		env.keys[role] = priv
+	}
+	e := server.New(server.Options{FHIR: fs, API: api.New(svc, ""), MaxBodyBytes: maxBody, Access: acc, Audit: db, Source: svc.Installation()})
+	srv := httptest.NewUnstartedServer(e)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
 	t.Cleanup(srv.Close)
-	return &Env{URL: srv.URL, App: svc, Store: db, Clock: clock}
+	return env
+}
+
+// Token gets an access token for role's test client through POST /auth/token.
+func (e *Env) Token(t testing.TB, role auth.Role) string {
+	t.Helper()
+	k := e.keys[role]
+	kid, err := auth.Thumbprint(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenURL := e.URL + "/auth/token"
+	a, err := auth.SignAssertion(jwt.SigningMethodES384, k, "test-"+string(role), kid, tokenURL, time.Now(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	form := url.Values{"grant_type": {auth.GrantClientCredentials}, "scope": {"system/*.rs"},
+		"client_assertion_type": {auth.ClientAssertionType}, "client_assertion": {a}}
+	res, err := http.PostForm(tokenURL, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var out struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("token for %s: %d %v", role, res.StatusCode, err)
+	}
+	return out.AccessToken
+}
+
+// Client returns an HTTP client that sends role's bearer token (one token
+// per role and Env, valid for an hour).
+func (e *Env) Client(t testing.TB, role auth.Role) *http.Client {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c, ok := e.clients[role]; ok {
+		return c
+	}
+	if e.clients == nil {
+		e.clients = map[auth.Role]*http.Client{}
+	}
+	c := &http.Client{Transport: bearer{token: e.Token(t, role), next: http.DefaultTransport}}
+	e.clients[role] = c
+	return c
+}
+
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
 }
 
 // Store returns a migrated SQLite store in a temp dir, closed at cleanup.

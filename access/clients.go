@@ -1,0 +1,185 @@
+package access
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kapfhir/kapfhir/audit"
+	"github.com/kapfhir/kapfhir/auth"
+	"github.com/kapfhir/kapfhir/store"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// clientLookup serves the token server's client lookups from the store.
+type clientLookup struct{ s *Service }
+
+func (l clientLookup) Client(ctx context.Context, id string) (auth.Client, error) {
+	return l.s.Client(ctx, id)
+}
+
+// Client returns a registered client, or not_found.
+func (s *Service) Client(ctx context.Context, id string) (auth.Client, error) {
+	r, err := s.o.Store.Client(ctx, id)
+	if err != nil {
+		return auth.Client{}, err
+	}
+	return decodeClient(r)
+}
+
+func decodeClient(r store.ClientRecord) (auth.Client, error) {
+	var c auth.Client
+	if err := json.Unmarshal(r.JSON, &c); err != nil {
+		return auth.Client{}, fmt.Errorf("access: stored client %s: %w", r.ID, err)
+	}
+	c.Created, c.Updated = r.Created, r.Updated
+	return c, nil
+}
+
+// Clients lists the registered clients, by id.
+func (s *Service) Clients(ctx context.Context) ([]auth.Client, error) {
+	rs, err := s.o.Store.Clients(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]auth.Client, 0, len(rs))
+	for _, r := range rs {
+		c, err := decodeClient(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// PutClient validates and registers (or replaces) a client, audited as
+// done by agent; it reports whether the client is new.
+func (s *Service) PutClient(ctx context.Context, c auth.Client, agent audit.Agent) (bool, error) {
+	if err := c.Validate(); err != nil {
+		return false, err
+	}
+	now := s.o.Now().UTC()
+	created := false
+	old, err := s.o.Store.Client(ctx, c.ID)
+	switch {
+	case treatment.ErrorKind(err) == treatment.KindNotFound:
+		created, c.Created = true, now
+	case err != nil:
+		return false, err
+	default:
+		c.Created = old.Created
+	}
+	c.Updated = now
+	b, err := json.Marshal(c)
+	if err != nil {
+		return false, fmt.Errorf("access: encode client: %w", err)
+	}
+	if err := s.o.Store.PutClient(ctx, store.ClientRecord{ID: c.ID, Role: string(c.Role), JSON: b, Created: c.Created, Updated: now}); err != nil {
+		return false, err
+	}
+	change := "updated"
+	if created {
+		change = "created"
+	}
+	s.audit(ctx, audit.Record{Subtype: audit.ClientChange, Outcome: audit.Success, Agent: agent,
+		Entities: []audit.Entity{{Identifier: "client:" + c.ID}}, Detail: map[string]string{"change": change, "role": string(c.Role)}})
+	return created, nil
+}
+
+// DeleteClient removes a client (not_found when unknown), audited.
+func (s *Service) DeleteClient(ctx context.Context, id string, agent audit.Agent) error {
+	if err := s.o.Store.DeleteClient(ctx, id); err != nil {
+		return err
+	}
+	s.audit(ctx, audit.Record{Subtype: audit.ClientChange, Outcome: audit.Success, Agent: agent,
+		Entities: []audit.Entity{{Identifier: "client:" + id}}, Detail: map[string]string{"change": "deleted"}})
+	return nil
+}
+
+// Bootstrap creates the admin client on first start (no client
+// registered): a new P-384 key whose private half is written to the data
+// directory (mode 0600) and whose public half is the client's JWKS. It
+// returns the key file's path, or "" when clients already exist.
+func (s *Service) Bootstrap(ctx context.Context) (string, error) {
+	cs, err := s.o.Store.Clients(ctx)
+	if err != nil {
+		return "", err
+	}
+	if len(cs) > 0 {
+		return "", nil
+	}
+	k, err := auth.GenerateKey(s.o.Now().UTC())
+	if err != nil {
+		return "", fmt.Errorf("access: bootstrap: %w", err)
+	}
+	priv, err := auth.ParsePrivateKey(k.PEM)
+	if err != nil {
+		return "", fmt.Errorf("access: bootstrap: %w", err)
+	}
+	jwks, err := auth.PublicJWKS(k.ID, &priv.PublicKey)
+	if err != nil {
+		return "", fmt.Errorf("access: bootstrap: %w", err)
+	}
+	path := filepath.Join(s.o.DataDir, AdminKeyFile)
+	if err := os.MkdirAll(s.o.DataDir, 0o700); err != nil {
+		return "", fmt.Errorf("access: bootstrap: %w", err)
+	}
+	if err := writeSecret(path, k.PEM); err != nil {
+		return "", fmt.Errorf("access: bootstrap: %w", err)
+	}
+	c := auth.Client{ID: AdminClientID, Name: "bootstrap administrator", JWKS: jwks, Scopes: []string{"system/*.rs"}, Role: auth.RoleAdmin}
+	if _, err := s.PutClient(ctx, c, audit.System); err != nil {
+		os.Remove(path)
+		return "", err
+	}
+	return path, nil
+}
+
+// writeSecret writes a new file readable by its owner only; an existing
+// file is an error (never overwrite a key).
+func writeSecret(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ClientKey reads a client private key file (PKCS#8 PEM, P-384) and its kid.
+func ClientKey(path string) (*ecdsa.PrivateKey, string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", err
+	}
+	k, err := auth.ParsePrivateKey(b)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	kid, err := auth.Thumbprint(&k.PublicKey)
+	if err != nil {
+		return nil, "", err
+	}
+	return k, kid, nil
+}
+
+// audit appends a record in its own transaction; a failure is logged and
+// returned.
+func (s *Service) audit(ctx context.Context, r audit.Record) error {
+	if r.Time.IsZero() {
+		r.Time = s.o.Now()
+	}
+	r.Source = s.o.Source
+	if _, err := s.o.Store.AppendAudit(ctx, r); err != nil {
+		s.log.Error("audit record not written", "subtype", string(r.Subtype), "error", err)
+		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
+}

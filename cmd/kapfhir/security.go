@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/kapfhir/kapfhir/access"
+	"github.com/kapfhir/kapfhir/auth"
+	"github.com/kapfhir/kapfhir/config"
+	"github.com/kapfhir/kapfhir/store"
+)
+
+// openAccess starts the authorization server on the store: signing keys,
+// configured clients, and the admin client on first start (reported on w).
+func openAccess(ctx context.Context, cfg config.Config, st store.Store, issuer, source string, log *slog.Logger) (*access.Service, string, error) {
+	var clients []auth.Client
+	for _, c := range cfg.Auth.Clients {
+		ac, err := c.Resolve()
+		if err != nil {
+			return nil, "", err
+		}
+		clients = append(clients, ac)
+	}
+	acc, err := access.New(ctx, access.Options{
+		Store: st, Issuer: issuer, DataDir: cfg.DataDir, Source: source,
+		TokenLifetime: cfg.Auth.TokenLifetime, Configured: clients, Logger: log,
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	path, err := acc.Bootstrap(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	note := ""
+	if path != "" {
+		log.Info("created the admin client", "client", access.AdminClientID)
+		note = fmt.Sprintf("No API client was registered: created client %q (role admin).\n"+
+			"Its private key is %s (mode 0600); keep it safe.\n"+
+			"Get a token for curl with:  kapfhir token -client admin\n", access.AdminClientID, path)
+	}
+	return acc, note, nil
+}
+
+// issuerOf is the base URL tokens are issued for: the configured one, or
+// the address the server listens on.
+func issuerOf(cfg config.Config, addr string) string {
+	if cfg.BaseURL != "" {
+		return strings.TrimSuffix(cfg.BaseURL, "/")
+	}
+	return "http://" + addr
+}
+
+// tokenCmd asks a running kapfhir for an access token with a client's key
+// (by default the bootstrap admin's) and prints it.
+func tokenCmd(ctx context.Context, cfg config.Config, clientID, keyFile, base, scope string, stdout io.Writer) error {
+	if keyFile == "" {
+		if clientID != access.AdminClientID {
+			return errors.New("token: -key is required for a client other than admin")
+		}
+		keyFile = filepath.Join(cfg.DataDir, access.AdminKeyFile)
+	}
+	if base == "" {
+		base = issuerOf(cfg, cfg.Listen)
+	}
+	key, kid, err := access.ClientKey(keyFile)
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	tokenURL := strings.TrimSuffix(base, "/") + "/auth/token"
+	assertion, err := auth.SignAssertion(jwt.SigningMethodES384, key, clientID, kid, tokenURL, time.Now(), time.Minute)
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	form := url.Values{
+		"grant_type": {auth.GrantClientCredentials}, "scope": {scope},
+		"client_assertion_type": {auth.ClientAssertionType}, "client_assertion": {assertion},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return fmt.Errorf("token: is kapfhir running at %s? %w", base, err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		AccessToken string `json:"access_token"`
+		Error       string `json:"error"`
+		Description string `json:"error_description"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil {
+		return fmt.Errorf("token: %s answered %d", tokenURL, resp.StatusCode)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("token: refused: %s: %s", out.Error, out.Description)
+	}
+	fmt.Fprintln(stdout, out.AccessToken)
+	return nil
+}
+
+// auditVerify checks the audit trail's hash chain.
+func auditVerify(ctx context.Context, cfg config.Config, stdout io.Writer) error {
+	st, _, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	r, err := st.VerifyAudit(ctx)
+	if err != nil {
+		return err
+	}
+	if !r.Intact {
+		fmt.Fprintf(stdout, "NOT INTACT: record %d: %s (%d records checked)\n", r.FirstBad, r.Reason, r.Records)
+		return errors.New("audit trail verification failed")
+	}
+	fmt.Fprintf(stdout, "intact, %d records, head %s\n", r.Records, r.Head)
+	return nil
+}
