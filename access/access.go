@@ -63,9 +63,6 @@ type Service struct {
 // AdminClientID is the client created on first start when none exists.
 const AdminClientID = "admin"
 
-// AdminKeyFile is the bootstrap admin's private key, in the data directory.
-const AdminKeyFile = "admin-client.pem"
-
 // New loads (or, the first time, creates) kapfhir's signing key and
 // registers the configured clients.
 func New(ctx context.Context, o Options) (*Service, error) {

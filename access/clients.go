@@ -101,9 +101,8 @@ func (s *Service) DeleteClient(ctx context.Context, id string, agent audit.Agent
 }
 
 // Bootstrap creates the admin client on first start (no client
-// registered): a new P-384 key whose private half is written to the data
-// directory (mode 0600) and whose public half is the client's JWKS. It
-// returns the key file's path, or "" when clients already exist.
+// registered; see CreateKeyClient). It returns the key file's path, or ""
+// when clients already exist.
 func (s *Service) Bootstrap(ctx context.Context) (string, error) {
 	cs, err := s.o.Store.Clients(ctx)
 	if err != nil {
@@ -112,27 +111,43 @@ func (s *Service) Bootstrap(ctx context.Context) (string, error) {
 	if len(cs) > 0 {
 		return "", nil
 	}
+	return s.CreateKeyClient(ctx, AdminClientID, "bootstrap administrator", auth.RoleAdmin, []string{"system/*.rs"}, audit.System)
+}
+
+// KeyFile is where CreateKeyClient writes a client's private key.
+func (s *Service) KeyFile(clientID string) string {
+	return filepath.Join(s.o.DataDir, clientID+"-client.pem")
+}
+
+// CreateKeyClient registers a new client whose key kapfhir generates: a
+// P-384 key whose private half is written to the data directory (mode
+// 0600, never overwritten) and whose public half is the client's JWKS. It
+// returns the key file's path.
+func (s *Service) CreateKeyClient(ctx context.Context, id, name string, role auth.Role, scopes []string, agent audit.Agent) (string, error) {
 	k, err := auth.GenerateKey(s.o.Now().UTC())
 	if err != nil {
-		return "", fmt.Errorf("access: bootstrap: %w", err)
+		return "", fmt.Errorf("access: %w", err)
 	}
 	priv, err := auth.ParsePrivateKey(k.PEM)
 	if err != nil {
-		return "", fmt.Errorf("access: bootstrap: %w", err)
+		return "", fmt.Errorf("access: %w", err)
 	}
 	jwks, err := auth.PublicJWKS(k.ID, &priv.PublicKey)
 	if err != nil {
-		return "", fmt.Errorf("access: bootstrap: %w", err)
+		return "", fmt.Errorf("access: %w", err)
 	}
-	path := filepath.Join(s.o.DataDir, AdminKeyFile)
+	c := auth.Client{ID: id, Name: name, JWKS: jwks, Scopes: scopes, Role: role}
+	if err := c.Validate(); err != nil {
+		return "", err
+	}
 	if err := os.MkdirAll(s.o.DataDir, 0o700); err != nil {
-		return "", fmt.Errorf("access: bootstrap: %w", err)
+		return "", fmt.Errorf("access: %w", err)
 	}
+	path := s.KeyFile(id)
 	if err := writeSecret(path, k.PEM); err != nil {
-		return "", fmt.Errorf("access: bootstrap: %w", err)
+		return "", fmt.Errorf("access: client key: %w", err)
 	}
-	c := auth.Client{ID: AdminClientID, Name: "bootstrap administrator", JWKS: jwks, Scopes: []string{"system/*.rs"}, Role: auth.RoleAdmin}
-	if _, err := s.PutClient(ctx, c, audit.System); err != nil {
+	if _, err := s.PutClient(ctx, c, agent); err != nil {
 		os.Remove(path)
 		return "", err
 	}

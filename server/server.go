@@ -79,7 +79,14 @@ func New(o Options) *echo.Echo {
 	if front == nil {
 		front = closed{}
 	}
-	e.Use(authenticate(front, o.Audit, o.Throttle, o.Source, log))
+	var rec Recorder
+	if o.Audit != nil {
+		// Reads are audited in groups: one transaction for the records of
+		// the requests waiting together, each request held until its own
+		// record is durable.
+		rec = newBatcher(context.Background(), o.Audit)
+	}
+	e.Use(authenticate(front, rec, o.Throttle, o.Source, log))
 	registerAuth(e, front)
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/readyz", func(c echo.Context) error {

@@ -42,6 +42,7 @@ Usage:
   kapfhir sync backfill -endpoint ID            queue everything for an endpoint and send it (progress, ETA)
   kapfhir sync reconcile -endpoint ID [-repair] compare the EHR with what kapfhir sent
   kapfhir token [-client ID] [-key FILE] [-url URL] [-scope S]  get an access token (default: the admin client)
+  kapfhir clients create ID -role ROLE [-scope S]  register a client with a key generated into the data directory
   kapfhir audit verify [-config FILE]          check the audit trail's hash chain
   kapfhir version
 
@@ -66,8 +67,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 		cmd, rest = "config check", rest[1:]
 	}
 	var sub string
-	if (cmd == "endpoints" || cmd == "sync" || cmd == "audit") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+	if (cmd == "endpoints" || cmd == "sync" || cmd == "audit" || cmd == "clients") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		sub, rest = rest[0], rest[1:]
+	}
+	var clientArg string
+	if cmd == "clients" && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		clientArg, rest = rest[0], rest[1:] // clients create ID [flags]
 	}
 	fs := flag.NewFlagSet("kapfhir "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -75,11 +80,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 	endpointID := fs.String("endpoint", "", "endpoint id (sync commands)")
 	repair := fs.Bool("repair", false, "queue missing and drifted resources again (sync reconcile)")
 	clientID := fs.String("client", "admin", "client id (token)")
+	role := fs.String("role", "", "the client's role: ehr, clinic, admin or auditor (clients create)")
 	keyFile := fs.String("key", "", "the client's private key, PKCS#8 PEM (token; default: the admin key in the data directory)")
 	baseURL := fs.String("url", "", "kapfhir's base URL (token; default: baseURL, else http://listen)")
 	scope := fs.String("scope", "system/*.rs", "scopes to ask for (token)")
 	switch cmd {
-	case "serve", "migrate", "demo", "protocols", "config check", "endpoints", "sync", "token":
+	case "serve", "migrate", "demo", "protocols", "config check", "endpoints", "sync", "token", "clients":
 	case "audit":
 		if sub != "verify" {
 			return errors.New("usage: kapfhir audit verify")
@@ -143,6 +149,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 		return endpointsCmd(ctx, cfg, log, append([]string{sub}, extra...), stdout)
 	case "sync":
 		return syncCmd(ctx, cfg, log, sub, *endpointID, *repair, stdout)
+	case "clients":
+		if sub != "create" || clientArg == "" {
+			return errors.New("usage: kapfhir clients create ID -role ROLE [-scope S]")
+		}
+		return clientCreate(ctx, cfg, log, clientArg, *role, *scope, stdout)
 	case "token":
 		return tokenCmd(ctx, cfg, *clientID, *keyFile, *baseURL, *scope, stdout)
 	case "audit":
@@ -249,11 +260,13 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	if cfg.BaseURL != "" {
 		fhirBase = strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir"
 	}
-	fs, err := fhir.New(st, fhir.Options{BaseURL: fhirBase, Software: "kapfhir " + version})
+	addr := ln.Addr().String()
+	tokenURL := issuerOf(cfg, addr) + "/auth/token"
+	fs, err := fhir.New(st, fhir.Options{BaseURL: fhirBase, Software: "kapfhir " + version, Audit: true, TokenURL: tokenURL})
 	if err != nil {
 		return err
 	}
-	addr := ln.Addr().String()
+	fs.WithAudit(st)
 	acc, note, err := openAccess(ctx, cfg, st, issuerOf(cfg, addr), svc.Installation(), log)
 	if err != nil {
 		return err
@@ -263,7 +276,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		th = throttle.New(cfg.Auth.RatePerSecond, max(cfg.Auth.RateBurst, 1), time.Now)
 	}
 	h := server.New(server.Options{
-		FHIR: fs, API: api.New(svc, fhirBase).WithSync(mgr).WithClients(acc), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		FHIR: fs, API: api.New(svc, fhirBase).WithSync(mgr).WithClients(acc).WithAudit(auditAPI{st}), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
 		Access: acc, Audit: st, Throttle: th, Source: svc.Installation(),
 		Ready: func(ctx context.Context) error {
 			_, err := st.Patient(ctx, "readiness-probe")

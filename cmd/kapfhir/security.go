@@ -16,6 +16,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/kapfhir/kapfhir/access"
+	"github.com/kapfhir/kapfhir/api"
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/config"
 	"github.com/kapfhir/kapfhir/store"
@@ -66,10 +68,7 @@ func issuerOf(cfg config.Config, addr string) string {
 // (by default the bootstrap admin's) and prints it.
 func tokenCmd(ctx context.Context, cfg config.Config, clientID, keyFile, base, scope string, stdout io.Writer) error {
 	if keyFile == "" {
-		if clientID != access.AdminClientID {
-			return errors.New("token: -key is required for a client other than admin")
-		}
-		keyFile = filepath.Join(cfg.DataDir, access.AdminKeyFile)
+		keyFile = filepath.Join(cfg.DataDir, clientID+"-client.pem")
 	}
 	if base == "" {
 		base = issuerOf(cfg, cfg.Listen)
@@ -129,4 +128,38 @@ func auditVerify(ctx context.Context, cfg config.Config, stdout io.Writer) error
 	}
 	fmt.Fprintf(stdout, "intact, %d records, head %s\n", r.Records, r.Head)
 	return nil
+}
+
+// clientCreate registers a client whose key kapfhir generates into the
+// data directory (for clinic IT and the walk-through: no JWT tooling
+// needed; `kapfhir token -client ID` then finds the key).
+func clientCreate(ctx context.Context, cfg config.Config, log *slog.Logger, id, role, scope string, stdout io.Writer) error {
+	svc, st, err := newService(ctx, cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	acc, _, err := openAccess(ctx, cfg, st, issuerOf(cfg, cfg.Listen), svc.Installation(), log)
+	if err != nil {
+		return err
+	}
+	path, err := acc.CreateKeyClient(ctx, id, id, auth.Role(role), strings.Fields(scope), audit.Agent{ClientID: "cli", Role: "admin"})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "registered client %q (role %s, scopes %s); its private key is %s (mode 0600)\n", id, role, scope, path)
+	return nil
+}
+
+// auditAPI adapts the store to the auditors' API (api declares its own
+// ledger types so that it does not import store).
+type auditAPI struct{ store.Store }
+
+func (x auditAPI) SyncLedger(ctx context.Context, q api.LedgerQuery) (api.LedgerPage, error) {
+	p, err := x.Store.SyncLedger(ctx, store.LedgerFilter(q))
+	out := api.LedgerPage{Next: p.Next}
+	for _, e := range p.Entries {
+		out.Entries = append(out.Entries, api.LedgerEntry(e))
+	}
+	return out, err
 }

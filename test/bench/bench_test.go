@@ -19,6 +19,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/test/kaptest"
@@ -81,10 +82,13 @@ func get(c *http.Client, url string) ([]byte, error) {
 func BenchmarkCarePlanRead(b *testing.B) {
 	env := kaptest.New(b, 0)
 	ctx := context.Background()
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	clinic := &http.Client{Transport: kaptest.WithToken(env.Token(b, auth.RoleClinic), tr)}
+	// The EHR reads (an ehr client's token, verified and cached as for any caller).
+	c := &http.Client{Transport: kaptest.WithToken(env.Token(b, auth.RoleEHR), tr)}
 
 	post := func(path, body string) string {
-		res, err := c.Post(env.URL+path, "application/json", strings.NewReader(body))
+		res, err := clinic.Post(env.URL+path, "application/json", strings.NewReader(body))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -139,6 +143,7 @@ func BenchmarkCarePlanRead(b *testing.B) {
 		b.Run(bm.name, func(b *testing.B) {
 			b.SetBytes(int64(len(want)))
 			b.ReportAllocs()
+			b.SetParallelism(16) // many EHR clients at once, for every case alike
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					got, err := get(c, bm.url(""))

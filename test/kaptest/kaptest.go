@@ -176,6 +176,11 @@ func (e *Env) Client(t testing.TB, role auth.Role) *http.Client {
 	return c
 }
 
+// WithToken returns a transport that sends token as a bearer token over next.
+func WithToken(token string, next http.RoundTripper) http.RoundTripper {
+	return bearer{token: token, next: next}
+}
+
 type bearer struct {
 	token string
 	next  http.RoundTripper
