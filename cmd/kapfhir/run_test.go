@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kapfhir/kapfhir/test/pgtest"
 )
 
 // cli runs the command line in-process with the given environment and returns
@@ -207,13 +209,7 @@ func TestMigrate(t *testing.T) {
 }
 
 func TestMigratePostgres(t *testing.T) {
-	url := os.Getenv("KAPFHIR_TEST_POSTGRES_URL")
-	if url == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("KAPFHIR_TEST_POSTGRES_URL must be set in CI")
-		}
-		t.Skip("KAPFHIR_TEST_POSTGRES_URL not set; skipping the PostgreSQL migrate test")
-	}
+	url := pgtest.URL(t, "the PostgreSQL migrate test")
 	env := map[string]string{"KAPFHIR_STORE_DRIVER": "postgres", "KAPFHIR_POSTGRES_URL": url}
 	for range 2 {
 		out, _, err := cli(t, env, "migrate")

@@ -3,7 +3,6 @@ package postgres_test
 import (
 	"context"
 	"crypto/rand"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,21 +13,13 @@ import (
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/store/postgres"
 	"github.com/kapfhir/kapfhir/store/storetest"
+	"github.com/kapfhir/kapfhir/test/pgtest"
 )
 
-// databaseURL returns KAPFHIR_TEST_POSTGRES_URL, skipping the test when it is
-// unset, except in CI, where the PostgreSQL suite must run.
+// databaseURL is the test database (see pgtest.URL).
 func databaseURL(t *testing.T) string {
 	t.Helper()
-	url := os.Getenv("KAPFHIR_TEST_POSTGRES_URL")
-	if url != "" {
-		return url
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("KAPFHIR_TEST_POSTGRES_URL must be set in CI")
-	}
-	t.Skip("set KAPFHIR_TEST_POSTGRES_URL=postgres://user@host:5432/db?sslmode=disable to run the PostgreSQL conformance suite")
-	return ""
+	return pgtest.URL(t, "the PostgreSQL store tests")
 }
 
 // newSchema creates a uniquely named schema, dropped at cleanup, and returns
