@@ -22,43 +22,12 @@ import (
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
-// Audit is what the auditors' API needs: the audit trail (store.Audit) and
-// the sync ledger (store.Security.SyncLedger, through LedgerQuery and
-// LedgerPage, which mirror store.LedgerFilter and store.LedgerPage field
-// for field because api does not import the store: the composition root
-// converts with store.LedgerFilter(q) and LedgerEntry(e)).
+// Audit is what the auditors' API needs: the audit trail and the sync
+// ledger (both kept by the store).
 type Audit interface {
 	VerifyAudit(ctx context.Context) (audit.Report, error)
 	AuditEvents(ctx context.Context, f audit.Filter) (audit.Page, error)
-	SyncLedger(ctx context.Context, q LedgerQuery) (LedgerPage, error)
-}
-
-// LedgerQuery selects sync log lines, newest first; see store.LedgerFilter,
-// which has the same fields. Empty fields do not filter.
-type LedgerQuery struct {
-	EndpointID   string
-	PatientID    string
-	ResourceType string
-	// From and To bound the time: From <= At < To (zero: unbounded).
-	From, To time.Time
-	// Cursor continues a listing: lines with ID < Cursor; 0 starts.
-	Cursor int64
-	// Limit is the page size (default 100, at most 1000).
-	Limit int
-}
-
-// LedgerEntry is one sync log line with the patient of its resource (see
-// store.LedgerEntry, which has the same fields).
-type LedgerEntry struct {
-	outbox.Event
-	PatientID string
-}
-
-// LedgerPage is one page of the ledger (see store.LedgerPage).
-type LedgerPage struct {
-	Entries []LedgerEntry
-	// Next is the Cursor of the next page; 0 when this is the last.
-	Next int64
+	SyncLedger(ctx context.Context, f outbox.LedgerFilter) (outbox.LedgerPage, error)
 }
 
 // WithAudit adds the auditors' routes under /audit.
@@ -246,7 +215,7 @@ type ledgerJSON struct {
 	PatientID string `json:"patientId,omitempty"`
 }
 
-func toLedgerJSON(e LedgerEntry) ledgerJSON {
+func toLedgerJSON(e outbox.LedgerEntry) ledgerJSON {
 	return ledgerJSON{eventJSON: eventJSON{
 		ID: e.ID, At: e.At.UTC(), Endpoint: e.EndpointID, ItemID: e.ItemID, ResourceType: e.ResourceType, ResourceID: e.ResourceID,
 		Version: e.Version, Action: e.Action, Status: e.Status, EHRID: e.EHRID, EHRVersion: e.EHRVersion, Request: e.Request,
@@ -262,7 +231,7 @@ func (h *Handlers) syncLedger(c echo.Context) error {
 	q := c.QueryParams()
 	var bad []treatment.FieldError
 	unknownParams(q, &bad, "endpoint", "patientId", "resourceType", "from", "to", "limit", "cursor", "format")
-	lq := LedgerQuery{EndpointID: strings.TrimSpace(q.Get("endpoint")), ResourceType: q.Get("resourceType"), Limit: auditDefaultLimit}
+	lq := outbox.LedgerFilter{EndpointID: strings.TrimSpace(q.Get("endpoint")), ResourceType: q.Get("resourceType"), Limit: auditDefaultLimit}
 	ndjson := exportFormat(c, &bad)
 	if lq.ResourceType != "" && !resourceTypeRE.MatchString(lq.ResourceType) {
 		bad = append(bad, treatment.FieldError{Field: "resourceType", Reason: "must be a FHIR resource type, e.g. CarePlan"})

@@ -19,15 +19,7 @@ import (
 	"github.com/kapfhir/kapfhir/api"
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/outbox"
-	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
-)
-
-// The ledger types mirror the store's field for field, so the composition
-// root converts them directly; this stops compiling when they drift apart.
-var (
-	_ = store.LedgerFilter(api.LedgerQuery{})
-	_ = api.LedgerEntry(store.LedgerEntry{})
 )
 
 var t0 = time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
@@ -38,9 +30,9 @@ var t0 = time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
 type fakeAudit struct {
 	report  audit.Report
 	recs    []audit.Record // by seq, ascending
-	ledger  []api.LedgerEntry
+	ledger  []outbox.LedgerEntry
 	filters []audit.Filter
-	queries []api.LedgerQuery
+	queries []outbox.LedgerFilter
 	// pageMax caps every page (0: the caller's limit), so exports span pages.
 	pageMax int
 	// failAt makes the n-th list call (from 1) fail with err; 0 never.
@@ -101,13 +93,13 @@ func (f *fakeAudit) AuditEvents(_ context.Context, flt audit.Filter) (audit.Page
 	return page, nil
 }
 
-func (f *fakeAudit) SyncLedger(_ context.Context, q api.LedgerQuery) (api.LedgerPage, error) {
+func (f *fakeAudit) SyncLedger(_ context.Context, q outbox.LedgerFilter) (outbox.LedgerPage, error) {
 	f.queries = append(f.queries, q)
 	if err := f.fail(); err != nil {
-		return api.LedgerPage{}, err
+		return outbox.LedgerPage{}, err
 	}
 	limit := f.limit(q.Limit)
-	var page api.LedgerPage
+	var page outbox.LedgerPage
 	for _, e := range slices.Backward(f.ledger) {
 		if (q.Cursor > 0 && e.ID >= q.Cursor) || (q.EndpointID != "" && e.EndpointID != q.EndpointID) ||
 			(q.PatientID != "" && e.PatientID != q.PatientID) || (!q.From.IsZero() && e.At.Before(q.From)) {
@@ -150,7 +142,7 @@ func newFake(t *testing.T) *fakeAudit {
 		f.recs = append(f.recs, r)
 	}
 	for i := range 4 {
-		f.ledger = append(f.ledger, api.LedgerEntry{Event: outbox.Event{
+		f.ledger = append(f.ledger, outbox.LedgerEntry{Event: outbox.Event{
 			ID: int64(i + 1), At: t0.Add(time.Duration(i+1) * time.Minute), EndpointID: "ehr-1", ItemID: 7, ResourceType: "CarePlan",
 			ResourceID: "cp1", Version: int64(i + 1), Action: "sent", Status: 200, EHRID: "e-cp1", EHRVersion: "3",
 			Request: "PUT CarePlan?identifier=urn:x|cp1", Actor: "sync",
@@ -437,11 +429,11 @@ func TestSyncLedger(t *testing.T) {
 		Next       string       `json:"next"`
 	}
 	got := decodeJSON[page](t, serve(t, e, "/api/v1/audit/sync?endpoint=ehr-1&patientId=p1&resourceType=CarePlan&from=2026-03-01T09:02:00Z&to=2026-03-02&limit=2", nil), 200)
-	wantQuery := api.LedgerQuery{
+	wantQuery := outbox.LedgerFilter{
 		EndpointID: "ehr-1", PatientID: "p1", ResourceType: "CarePlan",
 		From: t0.Add(2 * time.Minute), To: time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), Limit: 2,
 	}
-	if diff := cmp.Diff([]api.LedgerQuery{wantQuery}, f.queries); diff != "" {
+	if diff := cmp.Diff([]outbox.LedgerFilter{wantQuery}, f.queries); diff != "" {
 		t.Errorf("query (-want +got):\n%s", diff)
 	}
 	line := func(id int64) ledgerLine {

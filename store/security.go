@@ -65,34 +65,6 @@ type SigningKey struct {
 	Retired time.Time
 }
 
-// LedgerFilter selects sync log lines for auditors. Empty fields do not filter.
-type LedgerFilter struct {
-	EndpointID   string
-	PatientID    string // the resource is the patient, or its patient/subject
-	ResourceType string
-	// From and To bound the time: From <= At < To (zero: unbounded).
-	From, To time.Time
-	// Cursor continues a listing: lines with ID < Cursor (newest first); 0 starts.
-	Cursor int64
-	// Limit is the page size (default 100, at most 1000).
-	Limit int
-}
-
-// LedgerEntry is one sync log line with the patient of its resource.
-type LedgerEntry struct {
-	outbox.Event
-	// PatientID is the resource itself for a Patient, else its current
-	// patient or subject reference ("" when it has none or is gone).
-	PatientID string
-}
-
-// LedgerPage is one page of the ledger, newest first.
-type LedgerPage struct {
-	Entries []LedgerEntry
-	// Next is the Cursor of the next page; 0 when this is the last.
-	Next int64
-}
-
 // Security holds what the auth server keeps, and the auditors' read of the
 // sync log. Each method is its own transaction.
 type Security interface {
@@ -120,5 +92,5 @@ type Security interface {
 	RetireSigningKey(ctx context.Context, kid string, at time.Time) error
 
 	// SyncLedger lists sync log lines matching f, newest first.
-	SyncLedger(ctx context.Context, f LedgerFilter) (LedgerPage, error)
+	SyncLedger(ctx context.Context, f outbox.LedgerFilter) (outbox.LedgerPage, error)
 }

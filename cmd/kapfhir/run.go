@@ -276,7 +276,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		th = throttle.New(cfg.Auth.RatePerSecond, max(cfg.Auth.RateBurst, 1), time.Now)
 	}
 	h := server.New(server.Options{
-		FHIR: fs, API: api.New(svc, fhirBase).WithSync(mgr).WithClients(acc).WithAudit(auditAPI{st}), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		FHIR: fs, API: api.New(svc, fhirBase).WithSync(mgr).WithClients(acc).WithAudit(st), Logger: log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
 		Access: acc, Audit: st, Throttle: th, Source: svc.Installation(),
 		Ready: func(ctx context.Context) error {
 			_, err := st.Patient(ctx, "readiness-probe")

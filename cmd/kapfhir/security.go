@@ -16,7 +16,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/kapfhir/kapfhir/access"
-	"github.com/kapfhir/kapfhir/api"
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/config"
@@ -149,17 +148,4 @@ func clientCreate(ctx context.Context, cfg config.Config, log *slog.Logger, id, 
 	}
 	fmt.Fprintf(stdout, "registered client %q (role %s, scopes %s); its private key is %s (mode 0600)\n", id, role, scope, path)
 	return nil
-}
-
-// auditAPI adapts the store to the auditors' API (api declares its own
-// ledger types so that it does not import store).
-type auditAPI struct{ store.Store }
-
-func (x auditAPI) SyncLedger(ctx context.Context, q api.LedgerQuery) (api.LedgerPage, error) {
-	p, err := x.Store.SyncLedger(ctx, store.LedgerFilter(q))
-	out := api.LedgerPage{Next: p.Next}
-	for _, e := range p.Entries {
-		out.Entries = append(out.Entries, api.LedgerEntry(e))
-	}
-	return out, err
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -203,7 +204,7 @@ const ledgerPatient = `CASE WHEN l.resource_type = 'Patient' THEN l.resource_id 
 	'') END`
 
 // SyncLedger implements store.Security.
-func (s Security) SyncLedger(ctx context.Context, f store.LedgerFilter) (store.LedgerPage, error) {
+func (s Security) SyncLedger(ctx context.Context, f outbox.LedgerFilter) (outbox.LedgerPage, error) {
 	b := &builder{d: s.d}
 	b.conds = append(b.conds, s.d.True())
 	if f.EndpointID != "" {
@@ -230,22 +231,22 @@ func (s Security) SyncLedger(ctx context.Context, f store.LedgerFilter) (store.L
 		l.ehr_id, l.ehr_version, l.request, l.detail, l.actor, `+ledgerPatient+`
 		FROM sync_log l WHERE `+b.where()+` ORDER BY l.id DESC LIMIT `+b.arg(limit+1), b.args...)
 	if err != nil {
-		return store.LedgerPage{}, fmt.Errorf("read sync ledger: %w", err)
+		return outbox.LedgerPage{}, fmt.Errorf("read sync ledger: %w", err)
 	}
 	defer rows.Close()
-	var page store.LedgerPage
+	var page outbox.LedgerPage
 	for rows.Next() {
-		var e store.LedgerEntry
+		var e outbox.LedgerEntry
 		var at int64
 		if err := rows.Scan(&e.ID, &at, &e.EndpointID, &e.ItemID, &e.ResourceType, &e.ResourceID, &e.Version, &e.Action, &e.Status,
 			&e.EHRID, &e.EHRVersion, &e.Request, &e.Detail, &e.Actor, &e.PatientID); err != nil {
-			return store.LedgerPage{}, fmt.Errorf("read sync ledger: %w", err)
+			return outbox.LedgerPage{}, fmt.Errorf("read sync ledger: %w", err)
 		}
 		e.At = FromMicros(at)
 		page.Entries = append(page.Entries, e)
 	}
 	if err := rows.Err(); err != nil {
-		return store.LedgerPage{}, fmt.Errorf("read sync ledger: %w", err)
+		return outbox.LedgerPage{}, fmt.Errorf("read sync ledger: %w", err)
 	}
 	if len(page.Entries) > limit {
 		page.Entries = page.Entries[:limit]

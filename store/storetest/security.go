@@ -679,19 +679,19 @@ func testSyncLedger(t *testing.T, s store.Store) {
 			t.Fatalf("AppendLog: %v", err)
 		}
 	}
-	all, err := s.SyncLedger(ctx, store.LedgerFilter{})
+	all, err := s.SyncLedger(ctx, outbox.LedgerFilter{})
 	if err != nil {
 		t.Fatalf("SyncLedger: %v", err)
 	}
-	var want []store.LedgerEntry
+	var want []outbox.LedgerEntry
 	for i, pat := range []string{"p1", "p1", "p1", "p2", ""} {
-		want = append(want, store.LedgerEntry{Event: lines[i], PatientID: pat})
+		want = append(want, outbox.LedgerEntry{Event: lines[i], PatientID: pat})
 	}
 	slices.Reverse(want)
 	if diff := cmp.Diff(want, all.Entries, cmpopts.IgnoreFields(outbox.Event{}, "ID")); diff != "" {
 		t.Errorf("SyncLedger (-want +got):\n%s", diff)
 	}
-	ledgerIDs := func(p store.LedgerPage) []string {
+	ledgerIDs := func(p outbox.LedgerPage) []string {
 		out := []string{}
 		for _, e := range p.Entries {
 			out = append(out, e.EndpointID+":"+e.ResourceType+"/"+e.ResourceID+":"+e.Action)
@@ -700,15 +700,15 @@ func testSyncLedger(t *testing.T, s store.Store) {
 	}
 	tests := []struct {
 		name string
-		f    store.LedgerFilter
+		f    outbox.LedgerFilter
 		want []string
 	}{
-		{"endpoint", store.LedgerFilter{EndpointID: "ehr-2"}, []string{"ehr-2:Goal/gone:replayed", "ehr-2:CarePlan/c1:dead"}},
-		{"patient", store.LedgerFilter{PatientID: "p1"}, []string{"ehr-2:CarePlan/c1:dead", "ehr-1:CarePlan/c1:sent", "ehr-1:Patient/p1:sent"}},
-		{"patient through patient", store.LedgerFilter{PatientID: "p2"}, []string{"ehr-1:Appointment/a2:pulled"}},
-		{"type", store.LedgerFilter{ResourceType: "CarePlan", EndpointID: "ehr-1"}, []string{"ehr-1:CarePlan/c1:sent"}},
-		{"time", store.LedgerFilter{From: aat(time.Hour), To: aat(3 * time.Hour)}, []string{"ehr-2:CarePlan/c1:dead", "ehr-1:CarePlan/c1:sent"}},
-		{"nothing", store.LedgerFilter{PatientID: "p9"}, []string{}},
+		{"endpoint", outbox.LedgerFilter{EndpointID: "ehr-2"}, []string{"ehr-2:Goal/gone:replayed", "ehr-2:CarePlan/c1:dead"}},
+		{"patient", outbox.LedgerFilter{PatientID: "p1"}, []string{"ehr-2:CarePlan/c1:dead", "ehr-1:CarePlan/c1:sent", "ehr-1:Patient/p1:sent"}},
+		{"patient through patient", outbox.LedgerFilter{PatientID: "p2"}, []string{"ehr-1:Appointment/a2:pulled"}},
+		{"type", outbox.LedgerFilter{ResourceType: "CarePlan", EndpointID: "ehr-1"}, []string{"ehr-1:CarePlan/c1:sent"}},
+		{"time", outbox.LedgerFilter{From: aat(time.Hour), To: aat(3 * time.Hour)}, []string{"ehr-2:CarePlan/c1:dead", "ehr-1:CarePlan/c1:sent"}},
+		{"nothing", outbox.LedgerFilter{PatientID: "p9"}, []string{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -723,7 +723,7 @@ func testSyncLedger(t *testing.T, s store.Store) {
 	}
 	// Paging walks every line once.
 	var pages [][]string
-	f := store.LedgerFilter{Limit: 2}
+	f := outbox.LedgerFilter{Limit: 2}
 	for range 5 {
 		p, err := s.SyncLedger(ctx, f)
 		if err != nil {
