@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"maps"
-	"mime"
 	"net/http"
 	"net/url"
 	"slices"
@@ -144,19 +142,11 @@ func (s *Server) auditSearchGet(c echo.Context) error {
 // auditSearchPost is POST AuditEvent/_search with a form body (parameters may
 // also be in the URL), as searchPost for the other types.
 func (s *Server) auditSearchPost(c echo.Context) error {
-	req := c.Request()
-	mt, _, err := mime.ParseMediaType(req.Header.Get(echo.HeaderContentType))
-	if err != nil || mt != echo.MIMEApplicationForm {
-		return UnsupportedMediaType("POST _search takes an application/x-www-form-urlencoded body")
+	form, err := searchForm(c.Request())
+	if err != nil {
+		return err
 	}
-	if err := req.ParseForm(); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", mbe.Limit))
-		}
-		return InvalidParam("", "the form body cannot be parsed")
-	}
-	return s.auditSearch(c, req.Form)
+	return s.auditSearch(c, form)
 }
 
 func (s *Server) auditSearch(c echo.Context, vals url.Values) error {

@@ -57,19 +57,28 @@ func (s *Server) searchPost(c echo.Context) error {
 	if _, err := resourceType(c); err != nil {
 		return err
 	}
-	req := c.Request()
+	form, err := searchForm(c.Request())
+	if err != nil {
+		return err
+	}
+	return s.search(c, form)
+}
+
+// searchForm reads the parameters of POST _search: the form body, and the
+// URL's query.
+func searchForm(req *http.Request) (url.Values, error) {
 	mt, _, err := mime.ParseMediaType(req.Header.Get(echo.HeaderContentType))
 	if err != nil || mt != echo.MIMEApplicationForm {
-		return UnsupportedMediaType("POST _search takes an application/x-www-form-urlencoded body")
+		return nil, UnsupportedMediaType("POST _search takes an application/x-www-form-urlencoded body")
 	}
 	if err := req.ParseForm(); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", mbe.Limit))
+			return nil, echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", mbe.Limit))
 		}
-		return InvalidParam("", "the form body cannot be parsed")
+		return nil, InvalidParam("", "the form body cannot be parsed")
 	}
-	return s.search(c, req.Form)
+	return req.Form, nil
 }
 
 func (s *Server) search(c echo.Context, vals url.Values) error {
