@@ -1,10 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/auth"
+	"github.com/kapfhir/kapfhir/throttle"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -78,20 +78,14 @@ func registerAuth(e *echo.Echo, f Front) {
 		h.Set("Cache-Control", "no-store")
 		h.Set("Pragma", "no-cache")
 		req := c.Request()
-		mt, _, _ := strings.Cut(req.Header.Get("Content-Type"), ";")
-		var form url.Values
-		if strings.TrimSpace(strings.ToLower(mt)) == "application/x-www-form-urlencoded" {
-			var buf bytes.Buffer
-			if _, err := buf.ReadFrom(req.Body); err != nil {
-				return err
-			}
-			var err error
-			if form, err = url.ParseQuery(buf.String()); err != nil {
-				return c.JSON(http.StatusBadRequest, auth.OAuthError{Code: auth.CodeInvalidRequest, Description: "the body is not a valid form"})
-			}
-		} else {
+		mt, _, _ := mime.ParseMediaType(req.Header.Get(echo.HeaderContentType))
+		if mt != echo.MIMEApplicationForm {
 			return c.JSON(http.StatusBadRequest, auth.OAuthError{Code: auth.CodeInvalidRequest, Description: "the body must be application/x-www-form-urlencoded"})
 		}
+		if err := req.ParseForm(); err != nil {
+			return c.JSON(http.StatusBadRequest, auth.OAuthError{Code: auth.CodeInvalidRequest, Description: "the body is not a valid form"})
+		}
+		form := req.PostForm // never the query string: it ends up in logs and caches
 		iss, err := f.Token(req.Context(), form, c.RealIP())
 		if oe, ok := auth.AsOAuthError(err); ok && err != nil {
 			if oe.Status == http.StatusUnauthorized {
@@ -106,13 +100,10 @@ func registerAuth(e *echo.Echo, f Front) {
 	})
 }
 
-// principalKey holds the request's principal in the Echo context.
-const principalKey = "kapfhir.principal"
-
 // authenticate requires a valid bearer token on every route that is not
 // public, checks the route's permission, throttles per client, puts the
 // agent in the request context and audits reads and refusals.
-func authenticate(f Front, rec Recorder, th Throttle, source string, log *slog.Logger) echo.MiddlewareFunc {
+func authenticate(f Front, rec Recorder, th Throttle, source string, now func() time.Time, log *slog.Logger) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			req := c.Request()
@@ -120,7 +111,8 @@ func authenticate(f Front, rec Recorder, th Throttle, source string, log *slog.L
 			if public(path) || !(isFHIR(path) || strings.HasPrefix(path, "/api/")) {
 				return next(c)
 			}
-			ev := newEvent(c, source)
+			r := routeOf(req)
+			ev := newEvent(c, r, source, now)
 			tok, err := auth.BearerToken(req.Header.Get("Authorization"))
 			var p auth.Principal
 			if err == nil {
@@ -128,26 +120,25 @@ func authenticate(f Front, rec Recorder, th Throttle, source string, log *slog.L
 			}
 			if err != nil {
 				c.Response().Header().Set("WWW-Authenticate", challenge(tok != ""))
-				refusedEvent(&ev, audit.MinorFailure, "no valid bearer token")
+				ev.Outcome, ev.OutcomeDesc = audit.MinorFailure, "no valid bearer token"
 				record(c, rec, ev, log)
 				return &treatment.Error{Kind: treatment.KindUnauthorized, Msg: "a valid bearer token is required (SMART Backend Services: POST /auth/token)"}
 			}
 			ev.Agent.ClientID, ev.Agent.Role = p.ClientID, string(p.Role)
-			if err := permit(p, req.Method, path); err != nil {
-				refusedEvent(&ev, audit.MinorFailure, err.Error())
+			if err := permit(p, r); err != nil {
+				ev.Outcome, ev.OutcomeDesc = audit.MinorFailure, err.Error()
 				record(c, rec, ev, log)
 				return err
 			}
 			if th != nil {
 				if ok, wait := th.Allow(p.ClientID); !ok {
-					c.Response().Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds())+1))
+					c.Response().Header().Set("Retry-After", throttle.RetryAfterSeconds(wait))
 					return echo.NewHTTPError(http.StatusTooManyRequests, "too many requests from this client; retry later")
 				}
 			}
-			c.Set(principalKey, p)
 			c.SetRequest(req.WithContext(audit.WithAgent(req.Context(), ev.Agent)))
-			if req.Method != http.MethodGet && req.Method != http.MethodHead {
-				return audited(c, next, rec, ev, log)
+			if !r.read {
+				return audited(c, next, r, rec, ev, log)
 			}
 			return auditedRead(c, next, rec, ev)
 		}

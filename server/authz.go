@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -15,138 +16,141 @@ import (
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
+// route is what a protected request addresses, classified once for both
+// the permission check and the audit record.
+type route struct {
+	fhir bool
+	seg  []string // the path's segments after /fhir or /api/v1
+	read bool     // GET or HEAD (a FHIR POST _search reads too)
+	// action is the role action an /api route needs ("" for /fhir, whose
+	// reads are checked by type and scope).
+	action auth.Action
+}
+
+func routeOf(req *http.Request) route {
+	path := req.URL.Path
+	r := route{fhir: isFHIR(path), read: req.Method == http.MethodGet || req.Method == http.MethodHead}
+	if r.fhir {
+		r.seg = strings.Split(strings.Trim(strings.TrimPrefix(path, "/fhir"), "/"), "/")
+		if req.Method == http.MethodPost && len(r.seg) == 2 && r.seg[1] == "_search" {
+			r.read = true
+		}
+		return r
+	}
+	r.seg = strings.Split(strings.Trim(strings.TrimPrefix(path, "/api/v1"), "/"), "/")
+	switch r.seg[0] {
+	case "endpoints":
+		switch {
+		case r.read:
+			r.action = auth.SyncStatus
+		case len(r.seg) == 3 && (r.seg[2] == "replay-dead" || r.seg[2] == "backfill" || r.seg[2] == "pull"):
+			r.action = auth.Replay
+		default:
+			r.action = auth.AdminEndpoints
+		}
+	case "sync":
+		r.action = auth.SyncStatus
+		if !r.read {
+			r.action = auth.Replay
+		}
+	case "clients":
+		r.action = auth.AdminClients
+	case "audit":
+		r.action = auth.AuditRead
+		if len(r.seg) > 1 && r.seg[1] == "sync" {
+			r.action = auth.SyncLedgerRead
+		}
+	default:
+		r.action = auth.DomainRead
+		if !r.read {
+			r.action = auth.DomainWrite
+		}
+	}
+	return r
+}
+
+// search reports whether a FHIR route is a search (type, or type/_search).
+func (r route) search() bool { return r.fhir && (len(r.seg) == 1 || r.seg[1] == "_search") }
+
 // permit decides whether p may make the request: FHIR reads by role, type
 // and scope; the domain and operators' API by role.
-func permit(p auth.Principal, method, path string) error {
-	if isFHIR(path) {
-		seg := strings.Split(strings.Trim(strings.TrimPrefix(path, "/fhir"), "/"), "/")
-		typ := seg[0]
-		perm := auth.PermSearch
-		if len(seg) > 1 && seg[1] != "_search" {
-			perm = auth.PermRead
-		}
-		if method != http.MethodGet && method != http.MethodHead && !(method == http.MethodPost && len(seg) == 2 && seg[1] == "_search") {
-			return nil // no such interaction: the router answers 404/405
-		}
-		if !p.CanReadFHIR(typ, perm) {
-			return forbidden("this client's role or scopes do not allow " + verb(perm) + " " + typ)
+func permit(p auth.Principal, r route) error {
+	if !r.fhir {
+		if !p.Can(r.action) {
+			return forbidden("the " + string(p.Role) + " role may not do this (" + string(r.action) + ")")
 		}
 		return nil
 	}
-	seg := strings.Split(strings.Trim(strings.TrimPrefix(path, "/api/v1"), "/"), "/")
-	read := method == http.MethodGet || method == http.MethodHead
-	var a auth.Action
-	switch seg[0] {
-	case "endpoints":
-		switch {
-		case read:
-			a = auth.SyncStatus
-		case len(seg) == 3 && (seg[2] == "replay-dead" || seg[2] == "backfill" || seg[2] == "pull"):
-			a = auth.Replay
-		default:
-			a = auth.AdminEndpoints
-		}
-	case "sync":
-		a = auth.SyncStatus
-		if !read {
-			a = auth.Replay
-		}
-	case "clients":
-		a = auth.AdminClients
-	case "audit":
-		a = auth.AuditRead
-		if len(seg) > 1 && seg[1] == "sync" {
-			a = auth.SyncLedgerRead
-		}
-	default:
-		a = auth.DomainRead
-		if !read {
-			a = auth.DomainWrite
-		}
+	if !r.read {
+		return nil // no such interaction: the router answers 404/405
 	}
-	if !p.Can(a) {
-		return forbidden("the " + string(p.Role) + " role may not do this (" + string(a) + ")")
+	perm, what := auth.PermRead, "reading "
+	if r.search() {
+		perm, what = auth.PermSearch, "searching "
+	}
+	if !p.CanReadFHIR(r.seg[0], perm) {
+		return forbidden("this client's role or scopes do not allow " + what + r.seg[0])
 	}
 	return nil
-}
-
-func verb(p auth.Perms) string {
-	if p == auth.PermRead {
-		return "reading"
-	}
-	return "searching"
 }
 
 func forbidden(msg string) error { return &treatment.Error{Kind: treatment.KindForbidden, Msg: msg} }
 
 // newEvent starts the audit record of a request: the REST interaction it
 // is, what it names, and the query of a search.
-func newEvent(c echo.Context, source string) audit.Record {
+func newEvent(c echo.Context, r route, source string, now func() time.Time) audit.Record {
 	req := c.Request()
-	path := req.URL.Path
-	r := audit.Record{Time: timeNow(), Outcome: audit.Success, Source: source, Agent: audit.Agent{ClientID: "anonymous", Address: c.RealIP()}}
-	read := req.Method == http.MethodGet || req.Method == http.MethodHead
+	ev := audit.Record{Time: now(), Outcome: audit.Success, Source: source, Agent: audit.Agent{ClientID: "anonymous", Address: c.RealIP()}, Detail: map[string]string{}}
 	switch req.Method {
 	case http.MethodPost:
-		r.Subtype = audit.Create
+		ev.Subtype = audit.Create
 	case http.MethodDelete:
-		r.Subtype = audit.Delete
+		ev.Subtype = audit.Delete
 	case http.MethodPut, http.MethodPatch:
-		r.Subtype = audit.Update
+		ev.Subtype = audit.Update
 	default:
-		r.Subtype = audit.Read
+		ev.Subtype = audit.Read
 	}
-	var seg []string
-	if isFHIR(path) {
-		seg = strings.Split(strings.Trim(strings.TrimPrefix(path, "/fhir"), "/"), "/")
-	} else {
-		seg = strings.Split(strings.Trim(strings.TrimPrefix(path, "/api/v1"), "/"), "/")
+	query := func(q string) audit.Entity {
+		return audit.Entity{Query: base64.StdEncoding.EncodeToString([]byte(q))}
 	}
 	switch {
-	case isFHIR(path) && (len(seg) == 1 || seg[1] == "_search"):
-		r.Subtype = audit.SearchType
+	case r.search():
+		ev.Subtype = audit.SearchType
 		q := req.URL.RawQuery
 		if req.Method == http.MethodPost {
 			q = "(form body)"
 		}
-		r.Entities = append(r.Entities, audit.Entity{Query: base64.StdEncoding.EncodeToString([]byte(seg[0] + "?" + q))})
+		ev.Entities = append(ev.Entities, query(r.seg[0]+"?"+q))
 		for _, name := range []string{"patient", "subject"} {
 			if v := c.QueryParam(name); v != "" {
-				r.PatientID = strings.TrimPrefix(v, "Patient/")
+				ev.PatientID = strings.TrimPrefix(v, "Patient/")
 			}
 		}
-	case isFHIR(path):
+	case r.fhir:
 		switch {
-		case len(seg) == 3 && seg[2] == "_history":
-			r.Subtype = audit.HistoryInstance
-		case len(seg) == 4:
-			r.Subtype = audit.VRead
+		case len(r.seg) == 3 && r.seg[2] == "_history":
+			ev.Subtype = audit.HistoryInstance
+		case len(r.seg) == 4:
+			ev.Subtype = audit.VRead
 		}
-		r.Entities = append(r.Entities, audit.Entity{Ref: seg[0] + "/" + seg[1]})
-		if seg[0] == "Patient" {
-			r.PatientID = seg[1]
+		ev.Entities = append(ev.Entities, audit.Entity{Ref: r.seg[0] + "/" + r.seg[1]})
+		if r.seg[0] == "Patient" {
+			ev.PatientID = r.seg[1]
 		}
-	case read:
-		r.Detail = map[string]string{"api": "/api/v1/" + seg[0]}
-		if len(seg) > 1 && seg[0] == "patients" {
-			r.PatientID = seg[1]
+	case r.read:
+		ev.Detail["api"] = "/api/v1/" + r.seg[0]
+		if len(r.seg) > 1 && r.seg[0] == "patients" {
+			ev.PatientID = r.seg[1]
 		}
-		if len(seg) == 1 {
-			r.Subtype = audit.SearchType
-			r.Entities = append(r.Entities, audit.Entity{Query: base64.StdEncoding.EncodeToString([]byte(path + "?" + req.URL.RawQuery))})
+		if len(r.seg) == 1 {
+			ev.Subtype = audit.SearchType
+			ev.Entities = append(ev.Entities, query(req.URL.Path+"?"+req.URL.RawQuery))
 		}
 	default:
-		r.Detail = map[string]string{"api": req.Method + " /api/v1/" + strings.Join(seg, "/")}
+		ev.Detail["api"] = req.Method + " /api/v1/" + strings.Join(r.seg, "/")
 	}
-	if r.Detail == nil {
-		r.Detail = map[string]string{}
-	}
-	return r
-}
-
-// refused marks the event as a refused request.
-func refusedEvent(r *audit.Record, outcome audit.Outcome, why string) {
-	r.Outcome, r.OutcomeDesc = outcome, why
+	return ev
 }
 
 // outcomeOf maps a response status to an audit outcome.
@@ -166,8 +170,8 @@ func outcomeOf(status int) audit.Outcome {
 func auditedRead(c echo.Context, next echo.HandlerFunc, rec Recorder, ev audit.Record) error {
 	res := c.Response()
 	orig := res.Writer
-	buf := &heldResponse{header: orig.Header()}
-	res.Writer = buf
+	held := &heldResponse{header: orig.Header()}
+	res.Writer = held
 	err := func() (err error) {
 		defer func() {
 			if r := recover(); r != nil {
@@ -186,41 +190,36 @@ func auditedRead(c echo.Context, next echo.HandlerFunc, rec Recorder, ev audit.R
 	}
 	if rec != nil {
 		if _, aerr := rec.AppendAudit(c.Request().Context(), ev); aerr != nil {
+			// Nothing was sent: let the error handler answer instead.
 			res.Committed = false
 			return &treatment.Error{Kind: treatment.KindUnavailable, Msg: "the audit trail cannot be written; nothing is served unaudited", Err: aerr}
 		}
 	}
-	orig.WriteHeader(buf.status())
-	_, werr := orig.Write(buf.body.Bytes())
+	orig.WriteHeader(held.status())
+	_, werr := orig.Write(held.body.Bytes())
 	return werr
 }
 
 // audited runs a change. Domain writes audit themselves in their
-// transaction (the agent is in the context); what fails, and the
-// operators' actions, are audited here once the response is known.
-func audited(c echo.Context, next echo.HandlerFunc, rec Recorder, ev audit.Record, log *slog.Logger) error {
-	err := next(c)
-	if err != nil {
+// transaction (the agent is in the context) and client changes in the
+// client registry; what fails, and the operators' actions, are audited
+// here once the response is known.
+func audited(c echo.Context, next echo.HandlerFunc, r route, rec Recorder, ev audit.Record, log *slog.Logger) error {
+	if err := next(c); err != nil {
 		c.Error(err)
 	}
 	status := c.Response().Status
-	path := c.Request().URL.Path
-	domain := !strings.HasPrefix(path, "/api/v1/endpoints") && !strings.HasPrefix(path, "/api/v1/sync") && !strings.HasPrefix(path, "/api/v1/clients")
 	switch {
 	case status >= 400:
 		ev.Outcome, ev.OutcomeDesc = outcomeOf(status), http.StatusText(status)
-	case domain || strings.HasPrefix(path, "/api/v1/clients"):
-		return nil // audited in the change's transaction / by the client registry
-	case strings.Contains(path, "/replay") || strings.HasSuffix(path, "/discard") || strings.HasSuffix(path, "/backfill"):
+	case r.action == auth.DomainWrite || r.action == auth.AdminClients:
+		return nil
+	case r.action == auth.Replay:
 		ev.Subtype = audit.Replay
 	default:
 		ev.Subtype = audit.ConfigChange
 	}
-	if rec != nil {
-		if _, aerr := rec.AppendAudit(c.Request().Context(), ev); aerr != nil {
-			log.Error("audit record not written", "subtype", string(ev.Subtype), "error", aerr)
-		}
-	}
+	record(c, rec, ev, log)
 	return nil
 }
 

@@ -2,20 +2,25 @@ package server
 
 import (
 	"context"
+	"sync"
 
 	"github.com/kapfhir/kapfhir/audit"
 )
 
-// batcher appends the audit records of concurrent requests together: one
-// transaction for all the records waiting when the previous one commits
-// (group commit). Each request still waits until its record is durable.
+// batcher appends the audit records of concurrent requests together (group
+// commit): records queue while an append runs, and the next append takes
+// all of them in one transaction. A request that finds no append running
+// starts a flusher, which ends when the queue is empty (nothing runs while
+// the server is idle). Each request returns once its own record is durable.
 type batcher struct {
-	rec  Recorder
-	reqs chan batchReq
+	rec Recorder
+
+	mu       sync.Mutex
+	queue    []pending
+	flushing bool
 }
 
-type batchReq struct {
-	ctx  context.Context
+type pending struct {
 	r    audit.Record
 	done chan error
 }
@@ -23,59 +28,48 @@ type batchReq struct {
 // maxBatch bounds the records appended in one transaction.
 const maxBatch = 256
 
-// newBatcher starts appending through rec until ctx ends.
-func newBatcher(ctx context.Context, rec Recorder) *batcher {
-	b := &batcher{rec: rec, reqs: make(chan batchReq, maxBatch)}
-	go b.loop(ctx)
-	return b
-}
-
-func (b *batcher) loop(ctx context.Context) {
-	for {
-		var first batchReq
-		select {
-		case <-ctx.Done():
-			return
-		case first = <-b.reqs:
-		}
-		batch := []batchReq{first}
-	more:
-		for len(batch) < maxBatch {
-			select {
-			case r := <-b.reqs:
-				batch = append(batch, r)
-			default:
-				break more
-			}
-		}
-		recs := make([]audit.Record, len(batch))
-		for i, r := range batch {
-			recs[i] = r.r
-		}
-		_, err := b.rec.AppendAudit(context.WithoutCancel(first.ctx), recs...)
-		for _, r := range batch {
-			r.done <- err
-		}
-	}
-}
-
-// AppendAudit implements Recorder: it returns once the record is appended.
+// AppendAudit implements Recorder.
 func (b *batcher) AppendAudit(ctx context.Context, recs ...audit.Record) ([]audit.Record, error) {
-	for _, r := range recs {
-		done := make(chan error, 1)
-		select {
-		case b.reqs <- batchReq{ctx: ctx, r: r, done: done}:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		select {
-		case err := <-done:
-			if err != nil {
-				return nil, err
-			}
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	waits := make([]chan error, len(recs))
+	b.mu.Lock()
+	for i, r := range recs {
+		waits[i] = make(chan error, 1)
+		b.queue = append(b.queue, pending{r: r, done: waits[i]})
+	}
+	start := !b.flushing
+	b.flushing = true
+	b.mu.Unlock()
+	if start {
+		go b.flush(context.WithoutCancel(ctx))
+	}
+	for _, w := range waits {
+		if err := <-w; err != nil {
+			return nil, err
 		}
 	}
 	return recs, nil
+}
+
+// flush appends the queue, batch by batch, until it is empty.
+func (b *batcher) flush(ctx context.Context) {
+	for {
+		b.mu.Lock()
+		n := min(len(b.queue), maxBatch)
+		if n == 0 {
+			b.flushing = false
+			b.mu.Unlock()
+			return
+		}
+		batch := b.queue[:n:n]
+		b.queue = b.queue[n:]
+		b.mu.Unlock()
+		recs := make([]audit.Record, n)
+		for i, p := range batch {
+			recs[i] = p.r
+		}
+		_, err := b.rec.AppendAudit(ctx, recs...)
+		for _, p := range batch {
+			p.done <- err
+		}
+	}
 }

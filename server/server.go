@@ -39,6 +39,8 @@ type Options struct {
 	Throttle Throttle
 	// Source is the installation id (audit records' observer).
 	Source string
+	// Now is the clock of audit records; nil means time.Now.
+	Now func() time.Time
 }
 
 // New returns the Echo instance serving everything.
@@ -84,9 +86,13 @@ func New(o Options) *echo.Echo {
 		// Reads are audited in groups: one transaction for the records of
 		// the requests waiting together, each request held until its own
 		// record is durable.
-		rec = newBatcher(context.Background(), o.Audit)
+		rec = &batcher{rec: o.Audit}
 	}
-	e.Use(authenticate(front, rec, o.Throttle, o.Source, log))
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	e.Use(authenticate(front, rec, o.Throttle, o.Source, now, log))
 	registerAuth(e, front)
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/readyz", func(c echo.Context) error {
