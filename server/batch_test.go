@@ -60,6 +60,11 @@ func TestBatcherGroupsWaitingRecords(t *testing.T) {
 		}
 		close(rec.release)
 		wg.Wait()
+		synctest.Wait() // the flusher finds the queue empty and ends
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		b.mu.Lock()
+		defer b.mu.Unlock()
 		if len(rec.calls) != 2 || len(rec.calls[1]) != 10 {
 			t.Errorf("appends: %v, want the first alone, then the ten waiting together", rec.calls)
 		}
