@@ -33,6 +33,8 @@ type scriptedEHR struct {
 	next     int
 	stored   map[string]map[string]string // type -> EHR id -> body (with id)
 	reject   map[string]bool              // identifier values answered 422
+	// paged: a search for several identifiers answers with a next link.
+	paged bool
 	requests []string                     // "METHOD path"
 }
 
@@ -95,7 +97,11 @@ func (e *scriptedEHR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				entries = append(entries, `{"resource":`+e.stored[typ][id]+`,"search":{"mode":"match"}}`)
 			}
 		}
-		fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[%s]}`, strings.Join(entries, ","))
+		link := ""
+		if e.paged && strings.Contains(ident, ",") {
+			link = `"link":[{"relation":"next","url":"http://ehr.test/fhir/Patient?page=2"}],`
+		}
+		fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset",%s"entry":[%s]}`, link, strings.Join(entries, ","))
 	case r.Method == http.MethodPut && id == "" && e.conditionalUpdate:
 		ids := e.matches(typ, ident)
 		switch len(ids) {
@@ -472,4 +478,28 @@ func TestUnchangedBodyWithDeferredReferenceIsCompleted(t *testing.T) {
 			t.Errorf("a second full sync wrote: %s", r)
 		}
 	}
+}
+
+// An EHR that pages the OR-ed look-up: each patient is then looked up on
+// its own, and every batch still resolves its patient.
+func TestPagedPatientLookUpFallsBackToOneByOne(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate, ehr.paged = true, true
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	for _, mrn := range []string{"M2", "M3"} {
+		ehr.put("Patient", "ehr-"+mrn, `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"`+mrn+`"}]}`)
+		p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: mrn}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.run(t)
+	if st := f.states(t); st[outbox.Succeeded] != 3*16 || st[outbox.Retrying] != 0 {
+		t.Errorf("states: %v, want %d succeeded", st, 3*16)
+	}
+	f.once(t)
 }

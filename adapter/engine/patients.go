@@ -88,7 +88,7 @@ func (w *Worker) searchPatients(ctx context.Context, ids []string, now time.Time
 			answers[id] = patientAnswer{problem: "the patient is not in kapfhir's store", at: now}
 			continue
 		}
-		cr, err := fhirjson.Unmarshal(v.JSON)
+		cr, err := fhirjson.UnmarshalStored(v.JSON)
 		if err != nil {
 			return nil, fmt.Errorf("patient %s: %w", id, err)
 		}
@@ -110,22 +110,12 @@ func (w *Worker) searchPatients(ctx context.Context, ids []string, now time.Time
 	if err != nil {
 		return nil, err
 	}
-	if !complete {
-		// The EHR paged the answer: ask for the first patient alone (the
-		// others are looked up when their batches come).
-		first := ids[0]
-		if _, ok := answers[first]; ok {
-			return answers, nil
-		}
-		ident := system + "|" + firstValue(byIdent, first)
-		if found, _, err = w.searchIdentifiers(ctx, "Patient", []string{ident}); err != nil {
+	if !complete && len(idents) > 1 {
+		// The EHR paged the answer: ask for the first identifier alone (the
+		// other patients are looked up when their batches come).
+		idents = idents[:1]
+		if found, _, err = w.searchIdentifiers(ctx, "Patient", idents); err != nil {
 			return nil, err
-		}
-		idents = []string{ident}
-		for k := range byIdent {
-			if k != ident {
-				delete(byIdent, k)
-			}
 		}
 	}
 	for _, ident := range idents {
@@ -145,16 +135,6 @@ func (w *Worker) searchPatients(ctx context.Context, ids []string, now time.Time
 		}
 	}
 	return answers, nil
-}
-
-func firstValue(byIdent map[string][]string, id string) string {
-	for ident, ids := range byIdent {
-		if slices.Contains(ids, id) {
-			_, v, _ := strings.Cut(ident, "|")
-			return v
-		}
-	}
-	return ""
 }
 
 // searchIdentifiers searches typ for any of idents ("system|value") and

@@ -52,21 +52,25 @@ func Marshal(res proto.Message) ([]byte, error) {
 // stored version, validated when it was written) without validating it
 // again; anything else goes through Unmarshal.
 func UnmarshalStored(b []byte) (*bcrpb.ContainedResource, error) {
-	return unmarshal(&trusted, b)
+	return unmarshal(false, b)
 }
 
 // Unmarshal parses and validates FHIR R4 JSON (required fields, cardinality,
 // value sets of required bindings, reference types, primitive formats) and
 // returns the ContainedResource that wraps it.
 func Unmarshal(b []byte) (*bcrpb.ContainedResource, error) {
-	return unmarshal(&validating, b)
+	return unmarshal(true, b)
 }
 
-func unmarshal(u **jsonformat.Unmarshaller, b []byte) (*bcrpb.ContainedResource, error) {
+func unmarshal(validate bool, b []byte) (*bcrpb.ContainedResource, error) {
 	if err := setup(); err != nil {
 		return nil, fmt.Errorf("fhirjson: %w", err)
 	}
-	msg, err := (*u).Unmarshal(b)
+	u := trusted
+	if validate {
+		u = validating
+	}
+	msg, err := u.Unmarshal(b)
 	if err != nil {
 		return nil, fmt.Errorf("fhirjson: %w", err)
 	}
