@@ -124,19 +124,11 @@ func (s *Service) KeyFile(clientID string) string {
 // 0600, never overwritten) and whose public half is the client's JWKS. It
 // returns the key file's path.
 func (s *Service) CreateKeyClient(ctx context.Context, id, name string, role auth.Role, scopes []string, agent audit.Agent) (string, error) {
-	k, err := auth.GenerateKey(s.o.Now().UTC())
+	k, err := auth.NewClientKey()
 	if err != nil {
 		return "", fmt.Errorf("access: %w", err)
 	}
-	priv, err := auth.ParsePrivateKey(k.PEM)
-	if err != nil {
-		return "", fmt.Errorf("access: %w", err)
-	}
-	jwks, err := auth.PublicJWKS(k.ID, &priv.PublicKey)
-	if err != nil {
-		return "", fmt.Errorf("access: %w", err)
-	}
-	c := auth.Client{ID: id, Name: name, JWKS: jwks, Scopes: scopes, Role: role}
+	c := auth.Client{ID: id, Name: name, JWKS: k.JWKS, Scopes: scopes, Role: role}
 	if err := c.Validate(); err != nil {
 		return "", err
 	}

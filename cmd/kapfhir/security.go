@@ -2,18 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/kapfhir/kapfhir/access"
 	"github.com/kapfhir/kapfhir/audit"
@@ -76,37 +72,11 @@ func tokenCmd(ctx context.Context, cfg config.Config, clientID, keyFile, base, s
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}
-	tokenURL := strings.TrimSuffix(base, "/") + "/auth/token"
-	assertion, err := auth.SignAssertion(jwt.SigningMethodES384, key, clientID, kid, tokenURL, time.Now(), time.Minute)
-	if err != nil {
-		return fmt.Errorf("token: %w", err)
-	}
-	form := url.Values{
-		"grant_type": {auth.GrantClientCredentials}, "scope": {scope},
-		"client_assertion_type": {auth.ClientAssertionType}, "client_assertion": {assertion},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(form.Encode()))
-	if err != nil {
-		return fmt.Errorf("token: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	tok, err := auth.RequestToken(ctx, &http.Client{Timeout: 30 * time.Second}, strings.TrimSuffix(base, "/")+"/auth/token", clientID, key, kid, scope)
 	if err != nil {
 		return fmt.Errorf("token: is kapfhir running at %s? %w", base, err)
 	}
-	defer resp.Body.Close()
-	var out struct {
-		AccessToken string `json:"access_token"`
-		Error       string `json:"error"`
-		Description string `json:"error_description"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil {
-		return fmt.Errorf("token: %s answered %d", tokenURL, resp.StatusCode)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("token: refused: %s: %s", out.Error, out.Description)
-	}
-	fmt.Fprintln(stdout, out.AccessToken)
+	fmt.Fprintln(stdout, tok)
 	return nil
 }
 

@@ -1,17 +1,12 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
 	"encoding/json"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/kapfhir/kapfhir/auth"
 )
@@ -40,20 +35,12 @@ func (in *instance) login(t *testing.T) {
 // register (re)registers a client of role with a new key and returns a token for it.
 func (in *instance) register(t *testing.T, id string, role auth.Role) string {
 	t.Helper()
-	k, err := auth.GenerateKey(time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, err := auth.ParsePrivateKey(k.PEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := auth.PublicJWKS(k.ID, &priv.PublicKey)
+	k, err := auth.NewClientKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var set map[string]any
-	if err := json.Unmarshal(jwks, &set); err != nil {
+	if err := json.Unmarshal(k.JWKS, &set); err != nil {
 		t.Fatal(err)
 	}
 	res := in.doAs(t, auth.RoleAdmin, "PUT", "/api/v1/clients/"+id, map[string]any{
@@ -62,33 +49,11 @@ func (in *instance) register(t *testing.T, id string, role auth.Role) string {
 	if res.status != http.StatusOK && res.status != http.StatusCreated {
 		t.Fatalf("registering client %s: %d %s", id, res.status, res.body)
 	}
-	tok, status, body := in.tokenFor(t, id, k.ID, priv, "system/*.rs")
-	if status != http.StatusOK {
-		t.Fatalf("token for %s: %d %s", id, status, body)
+	tok, err := auth.RequestToken(t.Context(), http.DefaultClient, in.base+"/auth/token", id, k.Private, k.KID, "system/*.rs")
+	if err != nil {
+		t.Fatalf("token for %s: %v", id, err)
 	}
 	return tok
-}
-
-// tokenFor asks POST /auth/token for a token with a signed assertion.
-func (in *instance) tokenFor(t *testing.T, clientID, kid string, key *ecdsa.PrivateKey, scope string) (string, int, string) {
-	t.Helper()
-	tokenURL := in.base + "/auth/token"
-	a, err := auth.SignAssertion(jwt.SigningMethodES384, key, clientID, kid, tokenURL, time.Now(), time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := http.PostForm(tokenURL, url.Values{"grant_type": {auth.GrantClientCredentials}, "scope": {scope},
-		"client_assertion_type": {auth.ClientAssertionType}, "client_assertion": {a}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var out struct {
-		AccessToken string `json:"access_token"`
-		Error       string `json:"error"`
-	}
-	_ = json.NewDecoder(res.Body).Decode(&out)
-	return out.AccessToken, res.StatusCode, out.Error
 }
 
 // roleFor is the role the tests act as for a request: the clinic for the

@@ -6,19 +6,15 @@ package kaptest
 import (
 	"context"
 	"crypto/ecdsa"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/kapfhir/kapfhir/access"
 	"github.com/kapfhir/kapfhir/api"
@@ -42,6 +38,7 @@ type Env struct {
 	// client (see Client).
 	Access *access.Service
 	keys   map[auth.Role]*ecdsa.PrivateKey
+	kids   map[auth.Role]string
 
 	mu      sync.Mutex
 	clients map[auth.Role]*http.Client
@@ -101,25 +98,15 @@ func New(t testing.TB, maxBody int64) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &Env{URL: base, App: svc, Store: db, Clock: clock, Access: acc, keys: map[auth.Role]*ecdsa.PrivateKey{}}
+	env := &Env{URL: base, App: svc, Store: db, Clock: clock, Access: acc, keys: map[auth.Role]*ecdsa.PrivateKey{}, kids: map[auth.Role]string{}}
 	for _, role := range []auth.Role{auth.RoleClinic, auth.RoleEHR, auth.RoleAdmin, auth.RoleAuditor} {
-		k, err := auth.GenerateKey(time.Now())
+		path, err := acc.CreateKeyClient(ctx, "test-"+string(role), "test "+string(role), role, []string{"system/*.rs"}, audit.System)
 		if err != nil {
 			t.Fatal(err)
 		}
-		priv, err := auth.ParsePrivateKey(k.PEM)
-		if err != nil {
+		if env.keys[role], env.kids[role], err = access.ClientKey(path); err != nil {
 			t.Fatal(err)
 		}
-		jwks, err := auth.PublicJWKS(k.ID, &priv.PublicKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := auth.Client{ID: "test-" + string(role), JWKS: jwks, Scopes: []string{"system/*.rs"}, Role: role}
-		if _, err := acc.PutClient(ctx, c, audit.System); err != nil {
-			t.Fatal(err)
-		}
-		env.keys[role] = priv
 	}
 	e := server.New(server.Options{FHIR: fs, API: api.New(svc, ""), MaxBodyBytes: maxBody, Access: acc, Audit: db, Source: svc.Installation()})
 	srv := httptest.NewUnstartedServer(e)
@@ -133,30 +120,11 @@ func New(t testing.TB, maxBody int64) *Env {
 // Token gets an access token for role's test client through POST /auth/token.
 func (e *Env) Token(t testing.TB, role auth.Role) string {
 	t.Helper()
-	k := e.keys[role]
-	kid, err := auth.Thumbprint(&k.PublicKey)
+	tok, err := auth.RequestToken(context.Background(), http.DefaultClient, e.URL+"/auth/token", "test-"+string(role), e.keys[role], e.kids[role], "system/*.rs")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("token for %s: %v", role, err)
 	}
-	tokenURL := e.URL + "/auth/token"
-	a, err := auth.SignAssertion(jwt.SigningMethodES384, k, "test-"+string(role), kid, tokenURL, time.Now(), time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	form := url.Values{"grant_type": {auth.GrantClientCredentials}, "scope": {"system/*.rs"},
-		"client_assertion_type": {auth.ClientAssertionType}, "client_assertion": {a}}
-	res, err := http.PostForm(tokenURL, form)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var out struct {
-		AccessToken string `json:"access_token"`
-	}
-	if err := json.NewDecoder(res.Body).Decode(&out); err != nil || res.StatusCode != http.StatusOK {
-		t.Fatalf("token for %s: %d %v", role, res.StatusCode, err)
-	}
-	return out.AccessToken
+	return tok
 }
 
 // Client returns an HTTP client that sends role's bearer token (one token
