@@ -2,13 +2,11 @@ package config
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"time"
 
 	"github.com/kapfhir/kapfhir/auth"
-	"github.com/kapfhir/kapfhir/treatment"
 )
 
 // Auth configures kapfhir's own authorization server.
@@ -72,15 +70,6 @@ func (a Auth) validate(p *Problems) {
 			p.add(key, "%s", err.Error())
 			continue
 		}
-		if err := ac.Validate(); err != nil {
-			var te *treatment.Error
-			if errors.As(err, &te) && len(te.Fields) > 0 {
-				for _, f := range te.Fields {
-					p.add(key+"."+f.Field, "%s", f.Reason)
-				}
-				continue
-			}
-			p.add(key, "%s", err.Error())
-		}
+		p.addFields(key+".", "id", ac.Validate())
 	}
 }

@@ -187,3 +187,36 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("unknown endpoint key: %v", err)
 	}
 }
+
+func TestAuthClients(t *testing.T) {
+	dir := t.TempDir()
+	path := writeFile(t, `auth:
+  tokenLifetime: 2h
+  clients:
+    - id: ehr-1
+      jwksUrl: https://ehr.example/jwks.json
+      scopes: [system/*.rs]
+      role: ehr
+    - id: ehr-1
+      jwksUrl: https://ehr.example/jwks.json
+      scopes: [system/*.rs]
+      role: superuser
+    - id: clinic
+      jwksFile: `+filepath.Join(dir, "missing.json")+`
+      scopes: [system/*.rs]
+      role: clinic
+`)
+	_, err := Load(path, envMap(nil))
+	var probs Problems
+	if !errors.As(err, &probs) {
+		t.Fatalf("Load: %v", err)
+	}
+	var keys []string
+	for _, p := range probs {
+		keys = append(keys, p.Key)
+	}
+	want := []string{"auth.tokenLifetime", "auth.clients[1].id", "auth.clients[1].role", "auth.clients[2]"}
+	if diff := cmp.Diff(want, keys); diff != "" {
+		t.Errorf("problems (-want +got):\n%s\n%v", diff, err)
+	}
+}

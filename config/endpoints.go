@@ -69,13 +69,21 @@ func (c Config) validateEndpoints(p *Problems) {
 			p.add(prefix+"id", "%q is used by another endpoint", e.ID)
 		}
 		seen[e.ID] = true
-		var te *treatment.Error
-		if err := endpoint.Validate(e); errors.As(err, &te) {
-			for _, f := range te.Fields {
-				p.add(prefix+f.Field, "%s", f.Reason)
-			}
-		} else if err != nil {
-			p.add(prefix+"id", "%v", err)
+		p.addFields(prefix, "id", endpoint.Validate(e))
+	}
+}
+
+// addFields adds a validation error's field problems under prefix (the
+// whole error under prefix+whole when it names no field).
+func (p *Problems) addFields(prefix, whole string, err error) {
+	var te *treatment.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &te) && len(te.Fields) > 0:
+		for _, f := range te.Fields {
+			p.add(prefix+f.Field, "%s", f.Reason)
 		}
+	default:
+		p.add(prefix+whole, "%v", err)
 	}
 }
