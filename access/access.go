@@ -94,7 +94,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		return nil, fmt.Errorf("access: %w", err)
 	}
 	for _, c := range o.Configured {
-		if _, err := s.PutClient(ctx, c, audit.System); err != nil {
+		if _, _, err := s.PutClient(ctx, c, audit.System); err != nil {
 			return nil, fmt.Errorf("access: configured client %s: %w", c.ID, err)
 		}
 	}
@@ -140,40 +140,6 @@ func (s *Service) newKey(ctx context.Context) (auth.StoredKey, error) {
 	s.audit(ctx, audit.Record{Subtype: audit.KeyChange, Outcome: audit.Success, Agent: audit.System,
 		Entities: []audit.Entity{{Identifier: "key:" + k.ID}}, Detail: map[string]string{"change": "created"}})
 	return k, nil
-}
-
-// RotateKey adds a new signing key: it signs from now on, while the old
-// ones still verify the tokens they signed. Other processes pick it up
-// when they restart (or Reload).
-func (s *Service) RotateKey(ctx context.Context) (string, error) {
-	k, err := s.newKey(ctx)
-	if err != nil {
-		return "", err
-	}
-	if err := s.keys.Add(k); err != nil {
-		return "", fmt.Errorf("access: %w", err)
-	}
-	return k.ID, nil
-}
-
-// Reload adds signing keys other processes stored since this one started.
-func (s *Service) Reload(ctx context.Context) error {
-	stored, err := s.o.Store.SigningKeys(ctx)
-	if err != nil {
-		return fmt.Errorf("access: signing keys: %w", err)
-	}
-	have := map[string]bool{}
-	for _, id := range s.keys.KeyIDs() {
-		have[id] = true
-	}
-	for _, k := range stored {
-		if k.Retired.IsZero() && !have[k.KID] {
-			if err := s.keys.Add(auth.StoredKey{ID: k.KID, PEM: k.Private, Created: k.Created}); err != nil {
-				return fmt.Errorf("access: signing key %s: %w", k.KID, err)
-			}
-		}
-	}
-	return nil
 }
 
 // TokenURL is where clients ask for tokens (their assertions' aud).

@@ -57,10 +57,10 @@ func (s *Service) Clients(ctx context.Context) ([]auth.Client, error) {
 }
 
 // PutClient validates and registers (or replaces) a client, audited as
-// done by agent; it reports whether the client is new.
-func (s *Service) PutClient(ctx context.Context, c auth.Client, agent audit.Agent) (bool, error) {
+// done by agent; it returns the client as stored and whether it is new.
+func (s *Service) PutClient(ctx context.Context, c auth.Client, agent audit.Agent) (auth.Client, bool, error) {
 	if err := c.Validate(); err != nil {
-		return false, err
+		return c, false, err
 	}
 	now := s.o.Now().UTC()
 	created := false
@@ -69,17 +69,17 @@ func (s *Service) PutClient(ctx context.Context, c auth.Client, agent audit.Agen
 	case treatment.ErrorKind(err) == treatment.KindNotFound:
 		created, c.Created = true, now
 	case err != nil:
-		return false, err
+		return c, false, err
 	default:
 		c.Created = old.Created
 	}
 	c.Updated = now
 	b, err := json.Marshal(c)
 	if err != nil {
-		return false, fmt.Errorf("access: encode client: %w", err)
+		return c, false, fmt.Errorf("access: encode client: %w", err)
 	}
 	if err := s.o.Store.PutClient(ctx, store.ClientRecord{ID: c.ID, Role: string(c.Role), JSON: b, Created: c.Created, Updated: now}); err != nil {
-		return false, err
+		return c, false, err
 	}
 	change := "updated"
 	if created {
@@ -87,7 +87,7 @@ func (s *Service) PutClient(ctx context.Context, c auth.Client, agent audit.Agen
 	}
 	s.audit(ctx, audit.Record{Subtype: audit.ClientChange, Outcome: audit.Success, Agent: agent,
 		Entities: []audit.Entity{{Identifier: "client:" + c.ID}}, Detail: map[string]string{"change": change, "role": string(c.Role)}})
-	return created, nil
+	return c, created, nil
 }
 
 // DeleteClient removes a client (not_found when unknown), audited.
@@ -139,7 +139,7 @@ func (s *Service) CreateKeyClient(ctx context.Context, id, name string, role aut
 	if err := writeSecret(path, k.PEM); err != nil {
 		return "", fmt.Errorf("access: client key: %w", err)
 	}
-	if _, err := s.PutClient(ctx, c, agent); err != nil {
+	if _, _, err := s.PutClient(ctx, c, agent); err != nil {
 		os.Remove(path)
 		return "", err
 	}

@@ -17,7 +17,7 @@ import (
 type Clients interface {
 	Clients(ctx context.Context) ([]auth.Client, error)
 	Client(ctx context.Context, id string) (auth.Client, error)
-	PutClient(ctx context.Context, c auth.Client, agent audit.Agent) (bool, error)
+	PutClient(ctx context.Context, c auth.Client, agent audit.Agent) (auth.Client, bool, error)
 	DeleteClient(ctx context.Context, id string, agent audit.Agent) error
 }
 
@@ -122,16 +122,12 @@ func (h *Handlers) saveClient(c echo.Context, in clientJSON, status int) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	created, err := h.clients.PutClient(ctx, cl, audit.AgentFrom(ctx))
+	saved, created, err := h.clients.PutClient(ctx, cl, audit.AgentFrom(ctx))
 	if err != nil {
 		return err
 	}
 	if created {
 		status = http.StatusCreated
-	}
-	saved, err := h.clients.Client(ctx, cl.ID)
-	if err != nil {
-		return err
 	}
 	return c.JSON(status, toClientJSON(saved))
 }

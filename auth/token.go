@@ -299,7 +299,11 @@ func (s *TokenServer) authenticate(ctx context.Context, assertion string) (Clien
 	}
 	tok, err := s.parser.ParseWithClaims(assertion, &claims, keyFunc)
 	if err != nil {
-		return Client{}, jwt.RegisteredClaims{}, s.assertionError(tok, &claims, client.ID, err)
+		err = s.assertionError(tok, &claims, client.ID, err)
+		if oe, ok := AsOAuthError(err); ok && oe.ClientID == "" && ValidClientID(claims.Issuer) {
+			oe.ClientID = claims.Issuer // claimed, not authenticated: for the audit record
+		}
+		return Client{}, jwt.RegisteredClaims{}, err
 	}
 	if claims.ExpiresAt.Time.After(s.now().Add(MaxAssertionLifetime)) {
 		return Client{}, jwt.RegisteredClaims{}, withClient(invalidClient("exp must be at most 5 minutes in the future"), client.ID)
