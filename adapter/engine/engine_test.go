@@ -29,13 +29,13 @@ import (
 type scriptedEHR struct {
 	conditionalUpdate, conditionalCreate bool
 
-	mu       sync.Mutex
-	next     int
-	stored   map[string]map[string]string // type -> EHR id -> body (with id)
-	reject   map[string]bool              // identifier values answered 422
+	mu     sync.Mutex
+	next   int
+	stored map[string]map[string]string // type -> EHR id -> body (with id)
+	reject map[string]bool              // identifier values answered 422
 	// paged: a search for several identifiers answers with a next link.
-	paged bool
-	requests []string                     // "METHOD path"
+	paged    bool
+	requests []string // "METHOD path"
 }
 
 func newScriptedEHR() *scriptedEHR {
