@@ -42,6 +42,14 @@ type Config struct {
 	Endpoints Endpoints `yaml:"endpoints,omitempty"`
 	// Auth configures kapfhir's authorization server and its clients.
 	Auth Auth `yaml:"auth"`
+	// TLS serves HTTPS when a certificate is configured.
+	TLS TLS `yaml:"tls"`
+	// Outbound configures kapfhir's own connections to EHRs.
+	Outbound Outbound `yaml:"outbound"`
+	// Secrets configures how secrets kept in the store are encrypted.
+	Secrets Secrets `yaml:"secrets"`
+	// Audit configures the audit trail.
+	Audit Audit `yaml:"audit"`
 }
 
 // Sync tunes the sync engine.
@@ -375,6 +383,10 @@ func (c Config) Validate() Problems {
 		p.add("sync.poll", "must be between 10ms and 1m")
 	}
 	c.validateEndpoints(&p)
+	c.TLS.validate(&p)
+	c.Outbound.validate(&p)
+	c.Secrets.validate(&p)
+	c.Audit.validate(&p)
 	return p
 }
 
