@@ -12,10 +12,13 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/auth"
+	"github.com/kapfhir/kapfhir/seal"
 	"github.com/kapfhir/kapfhir/store"
 )
 
@@ -26,8 +29,10 @@ type Store interface {
 	Clients(ctx context.Context) ([]store.ClientRecord, error)
 	DeleteClient(ctx context.Context, id string) error
 	UseJTI(ctx context.Context, clientID, jti string, expires, now time.Time) error
-	PutSigningKey(ctx context.Context, k store.SigningKey) error
+	PutSigningKey(ctx context.Context, k store.SigningKey, recs ...audit.Record) error
 	SigningKeys(ctx context.Context) ([]store.SigningKey, error)
+	RetireSigningKey(ctx context.Context, kid string, at time.Time, recs ...audit.Record) (bool, error)
+	ResealSigningKey(ctx context.Context, kid string, old, private []byte, recs ...audit.Record) (bool, error)
 	AppendAudit(ctx context.Context, recs ...audit.Record) ([]audit.Record, error)
 }
 
@@ -42,8 +47,18 @@ type Options struct {
 	DataDir string
 	// Source is the installation id (audit records' observer).
 	Source string
-	// TokenLifetime of access tokens (default 5 minutes).
+	// TokenLifetime of access tokens (default auth.DefaultTokenLifetime).
 	TokenLifetime time.Duration
+	// ReloadInterval is how often Run reloads the signing keys from the
+	// store (default DefaultReloadInterval). A superseded key is retired
+	// TokenLifetime + the verifier's leeway + ReloadInterval after the key
+	// that replaced it was created, so every process sharing the store
+	// must use the same values.
+	ReloadInterval time.Duration
+	// Seal, when set, seals the signing keys' private halves in the store
+	// (and seals keys stored in plaintext before when it loads them). Nil
+	// keeps them in plaintext.
+	Seal *seal.Box
 	// Configured clients (from the config file) are registered at start,
 	// replacing stored clients with the same id.
 	Configured []auth.Client
@@ -54,10 +69,17 @@ type Options struct {
 // Service issues and verifies kapfhir's access tokens and keeps its clients.
 type Service struct {
 	o        Options
+	lifetime time.Duration
+	// keys is the one set the token server signs with, the verifier
+	// checks against and JWKS publishes; reloads replace its content.
 	keys     *auth.KeySet
 	tokens   *auth.TokenServer
 	verifier *auth.Verifier
 	log      *slog.Logger
+
+	reloadMu  sync.Mutex // held through a reload or rotation
+	kidReload time.Time  // last reload for an unknown kid (under reloadMu)
+	reloads   atomic.Uint64
 }
 
 // AdminClientID is the client created on first start when none exists.
@@ -72,24 +94,32 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.ReloadInterval <= 0 {
+		o.ReloadInterval = DefaultReloadInterval
+	}
 	o.Issuer = strings.TrimSuffix(o.Issuer, "/")
 	if o.Issuer == "" {
 		return nil, errors.New("access: an issuer (base URL) is required")
 	}
-	s := &Service{o: o, log: o.Logger}
-	keys, err := s.loadKeys(ctx)
-	if err != nil {
+	s := &Service{o: o, log: o.Logger, lifetime: o.TokenLifetime}
+	if s.lifetime <= 0 {
+		s.lifetime = auth.DefaultTokenLifetime
+	}
+	var err error
+	if s.keys, err = auth.NewKeySet(o.Now); err != nil {
+		return nil, fmt.Errorf("access: %w", err)
+	}
+	if err := s.Reload(ctx); err != nil {
 		return nil, err
 	}
-	s.keys = keys
 	s.tokens, err = auth.NewTokenServer(auth.TokenServerConfig{
-		Issuer: o.Issuer, Keys: keys, Clients: clientLookup{s}, JTIs: o.Store,
-		TokenLifetime: o.TokenLifetime, Now: o.Now,
+		Issuer: o.Issuer, Keys: s.keys, Clients: clientLookup{s}, JTIs: o.Store,
+		TokenLifetime: s.lifetime, Now: o.Now,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("access: %w", err)
 	}
-	s.verifier, err = auth.NewVerifier(auth.VerifierConfig{Issuer: o.Issuer, Keys: keys, Now: o.Now})
+	s.verifier, err = auth.NewVerifier(auth.VerifierConfig{Issuer: o.Issuer, Keys: s.keys, Leeway: auth.DefaultVerifierLeeway, Now: o.Now})
 	if err != nil {
 		return nil, fmt.Errorf("access: %w", err)
 	}
@@ -101,47 +131,6 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	return s, nil
 }
 
-// loadKeys reads the signing keys from the store, creating the first one.
-func (s *Service) loadKeys(ctx context.Context) (*auth.KeySet, error) {
-	stored, err := s.o.Store.SigningKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("access: signing keys: %w", err)
-	}
-	var keys []auth.StoredKey
-	for _, k := range stored {
-		if k.Retired.IsZero() {
-			keys = append(keys, auth.StoredKey{ID: k.KID, PEM: k.Private, Created: k.Created})
-		}
-	}
-	if len(keys) == 0 {
-		k, err := s.newKey(ctx)
-		if err != nil {
-			return nil, err
-		}
-		keys = append(keys, k)
-	}
-	ks, err := auth.NewKeySet(s.o.Now, keys...)
-	if err != nil {
-		return nil, fmt.Errorf("access: signing keys: %w", err)
-	}
-	return ks, nil
-}
-
-// newKey generates a signing key and stores it (audited).
-func (s *Service) newKey(ctx context.Context) (auth.StoredKey, error) {
-	now := s.o.Now().UTC()
-	k, err := auth.GenerateKey(now)
-	if err != nil {
-		return auth.StoredKey{}, fmt.Errorf("access: %w", err)
-	}
-	if err := s.o.Store.PutSigningKey(ctx, store.SigningKey{KID: k.ID, Alg: auth.AlgES384, Private: k.PEM, Created: now}); err != nil {
-		return auth.StoredKey{}, fmt.Errorf("access: store signing key: %w", err)
-	}
-	s.audit(ctx, audit.Record{Subtype: audit.KeyChange, Outcome: audit.Success, Agent: audit.System,
-		Entities: []audit.Entity{{Identifier: "key:" + k.ID}}, Detail: map[string]string{"change": "created"}})
-	return k, nil
-}
-
 // TokenURL is where clients ask for tokens (their assertions' aud).
 func (s *Service) TokenURL() string { return s.tokens.TokenURL() }
 
@@ -151,8 +140,23 @@ func (s *Service) Issuer() string { return s.o.Issuer }
 // JWKS is kapfhir's public key set (/auth/jwks.json).
 func (s *Service) JWKS() []byte { return s.keys.JWKS() }
 
-// Verify checks an access token.
-func (s *Service) Verify(token string) (auth.Principal, error) { return s.verifier.Verify(token) }
+// Verify checks an access token (see VerifyContext).
+func (s *Service) Verify(token string) (auth.Principal, error) {
+	return s.VerifyContext(context.Background(), token)
+}
+
+// VerifyContext checks an access token. A token signed by a key this
+// process does not hold — another process may have rotated — makes it
+// reload the keys from the store (at most once every few seconds, see
+// unknownKeyReloadEvery) and verify once more.
+func (s *Service) VerifyContext(ctx context.Context, token string) (auth.Principal, error) {
+	seen := s.reloads.Load() // before verifying: a reload that ends later may hold the key
+	p, err := s.verifier.Verify(token)
+	if !errors.Is(err, auth.ErrUnknownKey) || !s.reloadForUnknownKey(ctx, seen) {
+		return p, err
+	}
+	return s.verifier.Verify(token)
+}
 
 // Token handles a token request (the form of POST /auth/token) from addr,
 // and audits what it granted or refused.

@@ -48,7 +48,7 @@ func (m *Manager) Test(ctx context.Context, id string) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	r := TestEndpoint(ctx, st.Endpoint, ehrclient.Options{Logger: m.log, Now: m.o.Now, Transport: m.o.Transport, UserAgent: m.o.UserAgent})
+	r := TestEndpoint(ctx, st.Endpoint, m.clientOptions())
 	if r.OK && st.AuthState == endpoint.AuthFailed {
 		if err := m.o.Store.SetEndpointState(ctx, id, endpoint.AuthOK, "", m.o.Now().UTC()); err != nil {
 			return r, err

@@ -3,6 +3,7 @@ package adapter
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/kapfhir/kapfhir/adapter/pull"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/seal"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -39,7 +41,15 @@ type Store interface {
 
 // Options configures a Manager.
 type Options struct {
+	// Store keeps the endpoints; their secrets are sealed with Seal before
+	// they reach it.
 	Store Store
+	// Seal seals the endpoints' secrets at rest (see secrets.go). Without it
+	// (tests) they are stored as given, and sealed ones cannot be used.
+	Seal *seal.Box
+	// RootCAs verify the EHRs' certificates: the system's and the
+	// configured bundle; nil means the system's.
+	RootCAs *x509.CertPool
 	// IdentifierSystem is kapfhir's identifier system.
 	IdentifierSystem string
 	// Configured are the endpoints of the configuration file. They are
@@ -67,8 +77,14 @@ type Options struct {
 
 // Manager runs the sync of every endpoint.
 type Manager struct {
-	o   Options
+	o   Options // o.Store is the sealingStore over stored
 	log *slog.Logger
+	// stored is the store as given: endpoints with their secrets sealed,
+	// for reads that need no secret (listings, existence, settings), so
+	// that an endpoint whose secrets do not open can still be seen and
+	// deleted.
+	stored  Store
+	secrets secrets
 
 	mu       sync.Mutex
 	ctx      context.Context // Start's context; nil before Start and after Stop
@@ -98,13 +114,25 @@ func New(o Options) *Manager {
 		_, _ = rand.Read(b)
 		o.Owner = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), hex.EncodeToString(b))
 	}
-	return &Manager{o: o, log: o.Logger, running: map[string]*running{}, progress: make(chan struct{})}
+	m := &Manager{o: o, log: o.Logger, stored: o.Store, secrets: secrets{box: o.Seal}, running: map[string]*running{}, progress: make(chan struct{})}
+	m.o.Store = sealingStore{Store: o.Store, secrets: m.secrets}
+	return m
 }
 
-// Start stores the configured endpoints and starts a worker for every
-// enabled endpoint whose credentials are not known to fail. Workers stop
-// when ctx ends or Stop is called.
+// clientOptions are the options of every EHR client the Manager makes.
+func (m *Manager) clientOptions() ehrclient.Options {
+	return ehrclient.Options{Logger: m.log, Now: m.o.Now, Transport: m.o.Transport, UserAgent: m.o.UserAgent, RootCAs: m.o.RootCAs}
+}
+
+// Start checks that every stored endpoint's secrets open with the sealing
+// key (sealing those an older kapfhir stored in plaintext), stores the
+// configured endpoints and starts a worker for every enabled endpoint whose
+// credentials are not known to fail. Workers stop when ctx ends or Stop is
+// called.
 func (m *Manager) Start(ctx context.Context) error {
+	if err := m.sealStored(ctx); err != nil {
+		return err
+	}
 	if err := m.syncConfigured(ctx); err != nil {
 		return err
 	}
@@ -151,7 +179,12 @@ func (m *Manager) syncConfigured(ctx context.Context) error {
 	for _, e := range m.o.Configured {
 		inFile[e.ID] = true
 		st := endpoint.Stored{Endpoint: e, Source: endpoint.SourceConfig, AuthState: endpoint.AuthOK, Created: now, Updated: now}
-		if old, err := m.o.Store.Endpoint(ctx, e.ID); err == nil {
+		old, err := m.o.Store.Endpoint(ctx, e.ID)
+		switch {
+		case treatment.ErrorKind(err) == treatment.KindNotFound:
+		case err != nil:
+			return err
+		default:
 			if old.Source == endpoint.SourceAPI {
 				return fmt.Errorf("adapter: endpoint %q is defined both in the configuration file and through the API; delete one", e.ID)
 			}
@@ -189,7 +222,7 @@ func (m *Manager) restart(e endpoint.Stored) {
 	if m.ctx == nil || !e.Enabled || e.AuthState == endpoint.AuthFailed {
 		return
 	}
-	client, err := ehrclient.New(e.Endpoint, ehrclient.Options{Logger: m.log, Now: m.o.Now, Transport: m.o.Transport, UserAgent: m.o.UserAgent})
+	client, err := ehrclient.New(e.Endpoint, m.clientOptions())
 	if err != nil {
 		m.log.Error("cannot start the endpoint's worker", "endpoint", e.ID, "error", err)
 		return
@@ -225,7 +258,7 @@ func (m *Manager) restart(e endpoint.Stored) {
 // PullNow polls the endpoint's EHR for appointment changes at once and
 // returns how many it applied.
 func (m *Manager) PullNow(ctx context.Context, id string) (int, error) {
-	e, err := m.o.Store.Endpoint(ctx, id)
+	e, err := m.stored.Endpoint(ctx, id)
 	if err != nil {
 		return 0, err
 	}
@@ -278,9 +311,10 @@ func (m *Manager) budget(id string) *ehrclient.Budget {
 	return nil
 }
 
-// Endpoints lists the endpoints, secrets redacted.
+// Endpoints lists the endpoints, secrets redacted (read sealed: listing
+// opens nothing).
 func (m *Manager) Endpoints(ctx context.Context) ([]endpoint.Stored, error) {
-	eps, err := m.o.Store.Endpoints(ctx)
+	eps, err := m.stored.Endpoints(ctx)
 	for i := range eps {
 		eps[i].Endpoint = eps[i].Redacted()
 	}
@@ -289,7 +323,7 @@ func (m *Manager) Endpoints(ctx context.Context) ([]endpoint.Stored, error) {
 
 // Endpoint returns one endpoint, secrets redacted, or not_found.
 func (m *Manager) Endpoint(ctx context.Context, id string) (endpoint.Stored, error) {
-	e, err := m.o.Store.Endpoint(ctx, id)
+	e, err := m.stored.Endpoint(ctx, id)
 	e.Endpoint = e.Redacted()
 	return e, err
 }
@@ -299,7 +333,7 @@ func (m *Manager) CreateEndpoint(ctx context.Context, e endpoint.Endpoint) (endp
 	if err := endpoint.Validate(e); err != nil {
 		return endpoint.Stored{}, err
 	}
-	if _, err := m.o.Store.Endpoint(ctx, e.ID); err == nil {
+	if _, err := m.stored.Endpoint(ctx, e.ID); err == nil {
 		return endpoint.Stored{}, treatment.Errorf(treatment.KindConflict, "endpoint %q already exists", e.ID)
 	} else if treatment.ErrorKind(err) != treatment.KindNotFound {
 		return endpoint.Stored{}, err
@@ -343,7 +377,7 @@ func (m *Manager) UpdateEndpoint(ctx context.Context, e endpoint.Endpoint) (endp
 // DeleteEndpoint stops and deletes an endpoint defined through the API,
 // with its queue (the sync log stays).
 func (m *Manager) DeleteEndpoint(ctx context.Context, id string) error {
-	old, err := m.o.Store.Endpoint(ctx, id)
+	old, err := m.stored.Endpoint(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -418,7 +452,7 @@ func (m *Manager) WaitDrained(ctx context.Context, id string) (Status, bool, err
 
 // Backfill queues the current version of everything the endpoint takes.
 func (m *Manager) Backfill(ctx context.Context, id string) (int, error) {
-	e, err := m.o.Store.Endpoint(ctx, id)
+	e, err := m.stored.Endpoint(ctx, id)
 	if err != nil {
 		return 0, err
 	}
@@ -452,7 +486,7 @@ func (m *Manager) Replay(ctx context.Context, id int64, actor string) error {
 
 // ReplayDead replays every dead item of an endpoint.
 func (m *Manager) ReplayDead(ctx context.Context, endpointID, actor string) (int, error) {
-	if _, err := m.o.Store.Endpoint(ctx, endpointID); err != nil {
+	if _, err := m.stored.Endpoint(ctx, endpointID); err != nil {
 		return 0, err
 	}
 	n, err := m.o.Store.ReplayDead(ctx, endpointID, actor, m.o.Now().UTC())

@@ -58,7 +58,7 @@ func (m *Manager) Reconcile(ctx context.Context, id string, repair bool, actor s
 	if err != nil {
 		return Reconciliation{}, err
 	}
-	c, err := ehrclient.New(st.Endpoint, ehrclient.Options{Logger: m.log, Now: m.o.Now, Transport: m.o.Transport, UserAgent: m.o.UserAgent})
+	c, err := ehrclient.New(st.Endpoint, m.clientOptions())
 	if err != nil {
 		return Reconciliation{}, err
 	}

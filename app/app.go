@@ -21,6 +21,7 @@ import (
 	"github.com/kapfhir/kapfhir/mapping"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
+	"github.com/kapfhir/kapfhir/seal"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -45,6 +46,10 @@ type Options struct {
 	// Notify is called after a transaction that enqueued sync work commits
 	// (the sync engine wakes up). Optional.
 	Notify func()
+	// Seal is the one Box that seals secrets kept in the store. The use
+	// cases keep none; the service holds it for those that do (the sync
+	// manager's endpoint credentials, the authorization server's keys).
+	Seal *seal.Box
 }
 
 // Service runs the use cases.
@@ -59,10 +64,12 @@ type Service struct {
 	newID        func() string
 	log          *slog.Logger
 	notify       func()
+	seal         *seal.Box
 }
 
-// metaInstallation is the store meta key of the installation id.
-const metaInstallation = "installation_id"
+// MetaInstallation is the store meta key of the installation id (the sync
+// engine and poller read it for their audit records and Provenance).
+const MetaInstallation = "installation_id"
 
 // New prepares the service: it settles the installation's identifier system
 // (generated once, kept in the store) and publishes every protocol as a
@@ -77,6 +84,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		newID:  o.NewID,
 		log:    o.Logger,
 		notify: o.Notify,
+		seal:   o.Seal,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -91,13 +99,13 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		s.cal = treatment.DefaultCalendar(time.UTC)
 	}
 	err := s.store.InTx(ctx, func(tx store.Tx) error {
-		id, err := tx.Meta(ctx, metaInstallation)
+		id, err := tx.Meta(ctx, MetaInstallation)
 		if err != nil {
 			return err
 		}
 		if id == "" {
 			id = uuid.NewString()
-			if err := tx.SetMeta(ctx, metaInstallation, id); err != nil {
+			if err := tx.SetMeta(ctx, MetaInstallation, id); err != nil {
 				return err
 			}
 		}
@@ -120,6 +128,9 @@ func New(ctx context.Context, o Options) (*Service, error) {
 
 // Installation is this installation's id (generated once, kept in the store).
 func (s *Service) Installation() string { return s.installation }
+
+// Seal is the Box that seals secrets kept in the store (nil when none was given).
+func (s *Service) Seal() *seal.Box { return s.seal }
 
 // IdentifierSystem is the identifier system every resource of this installation carries.
 func (s *Service) IdentifierSystem() string { return s.opts.IdentifierSystem }

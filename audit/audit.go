@@ -4,8 +4,9 @@
 // evident (Canonical, Hash, Verify).
 //
 // Records are plain data. A store assigns each its place in the chain (Seq,
-// ID, PrevHash, Hash), renders it once (Render) and keeps the bytes, which
-// are served as they are at /fhir/AuditEvent. No PHI goes into a record's
+// ID, PrevHash, Hash); the first time a record is served it renders it
+// (Render) and keeps the bytes, which are served as they are at
+// /fhir/AuditEvent from then on. No PHI goes into a record's
 // free text (OutcomeDesc, Detail): ids only.
 package audit
 
@@ -199,7 +200,8 @@ type Record struct {
 	// (source.observer).
 	Source string
 
-	// JSON is the rendered AuditEvent (Render), set by the store.
+	// JSON is the rendered AuditEvent (Render), set by the store when the
+	// record is first served; not covered by Hash (Verify renders again).
 	JSON []byte
 	// PrevHash and Hash link the record into the chain (see Hash), set by the store.
 	PrevHash, Hash []byte

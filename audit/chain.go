@@ -13,13 +13,19 @@ import (
 
 // The hash chain. Record n's Hash is
 //
-//	SHA-256(PrevHash || Canonical(record, JSON))
+//	SHA-256(PrevHash || Canonical(record))
 //
 // where PrevHash is record n-1's Hash, or Genesis for record 1. Seqs are
 // contiguous. Pruning deletes a prefix of the chain and appends a prune
 // record (PruneRecord) whose detail names the first remaining seq and that
 // record's PrevHash (the anchor), so the shortened chain still verifies
 // and a later deletion from its front does not.
+//
+// The chain covers a record's facts, not its FHIR rendering: the
+// AuditEvent JSON is a deterministic function of them (Render), made the
+// first time the record is served and kept; Verify renders again every
+// record that has JSON kept and reports one whose JSON differs. So the
+// write path that every audited request waits for does no FHIR rendering.
 
 // HashSize is the length of a hash.
 const HashSize = sha256.Size
@@ -29,13 +35,13 @@ func Genesis() []byte { return make([]byte, HashSize) }
 
 // canonicalVersion starts every canonical encoding; a change of encoding
 // needs a new one.
-const canonicalVersion = "kapfhir-audit-v1"
+const canonicalVersion = "kapfhir-audit-v2"
 
 // Canonical is the deterministic encoding of a record that its hash covers:
-// every stored field and the rendered JSON, each length-prefixed so no
-// field's bytes can be moved into another. In order:
+// every stored field, each length-prefixed so no field's bytes can be
+// moved into another. In order:
 //
-//	str  "kapfhir-audit-v1"
+//	str  "kapfhir-audit-v2"
 //	int  Seq
 //	str  ID
 //	int  Time, Unix microseconds
@@ -46,13 +52,12 @@ const canonicalVersion = "kapfhir-audit-v1"
 //	str  EndpointID
 //	int  number of detail entries, then for each, by key: str key, str value
 //	str  Source
-//	str  json
 //
 // where int is 8 bytes big-endian (two's complement) and str is its length
 // as an int followed by its bytes. r's JSON, PrevHash and Hash fields are
-// not read: the rendered JSON is passed in, and Hash chains PrevHash.
-func Canonical(r Record, json []byte) []byte {
-	n := 256 + len(json) + len(r.OutcomeDesc)
+// not read (Hash chains PrevHash).
+func Canonical(r Record) []byte {
+	n := 256 + len(r.OutcomeDesc)
 	for _, e := range r.Entities {
 		n += 32 + len(e.Ref) + len(e.Identifier) + len(e.Query)
 	}
@@ -94,8 +99,6 @@ func Canonical(r Record, json []byte) []byte {
 		str(r.Detail[k])
 	}
 	str(r.Source)
-	i64(int64(len(json)))
-	b = append(b, json...)
 	return b
 }
 
@@ -107,10 +110,10 @@ func Hash(prev, canonical []byte) []byte {
 	return h.Sum(nil)
 }
 
-// Seal sets r's PrevHash to prev and its Hash (r.Seq, r.ID and r.JSON must be set).
+// Seal sets r's PrevHash to prev and its Hash (r.Seq and r.ID must be set).
 func Seal(r Record, prev []byte) Record {
 	r.PrevHash = bytes.Clone(prev)
-	r.Hash = Hash(r.PrevHash, Canonical(r, r.JSON))
+	r.Hash = Hash(r.PrevHash, Canonical(r))
 	return r
 }
 
@@ -175,9 +178,13 @@ func (v *Verifier) Add(r Record) {
 			v.fail(r.Seq, fmt.Sprintf("record %d does not link to record %d", r.Seq, v.last.Seq))
 		}
 	}
-	sound := bytes.Equal(Hash(r.PrevHash, Canonical(r, r.JSON)), r.Hash)
+	sound := bytes.Equal(Hash(r.PrevHash, Canonical(r)), r.Hash)
 	if !sound {
 		v.fail(r.Seq, fmt.Sprintf("record %d does not match its hash: it was altered", r.Seq))
+	} else if len(r.JSON) > 0 {
+		if js, err := Render(r); err != nil || !bytes.Equal(js, r.JSON) {
+			v.fail(r.Seq, fmt.Sprintf("record %d's AuditEvent JSON is not its rendering: it was altered", r.Seq))
+		}
 	}
 	if r.ID != IDFor(r.Seq) {
 		v.fail(r.Seq, fmt.Sprintf("record %d has the id of another record", r.Seq))

@@ -36,8 +36,8 @@ func canonRec() audit.Record {
 // TestCanonicalFrozen pins the encoding: a stored chain verifies only as
 // long as it does not change (a new encoding needs a new version string).
 func TestCanonicalFrozen(t *testing.T) {
-	got := hex.EncodeToString(audit.Hash(audit.Genesis(), audit.Canonical(canonRec(), []byte(`{"resourceType":"AuditEvent"}`))))
-	const want = "bb6ea33c2c4913381f3aef9daae3c24506ab16f26fab060ef102a3f146d0bd5f"
+	got := hex.EncodeToString(audit.Hash(audit.Genesis(), audit.Canonical(canonRec())))
+	const want = "b8232491e7b1d5eb89fffc3cb74166a078e33bf332ed0352415f125b92f5a99d"
 	if got != want {
 		t.Errorf("hash of the canonical record = %s, want %s", got, want)
 	}
@@ -54,7 +54,7 @@ func TestCanonicalLayout(t *testing.T) {
 	var want []byte
 	i64 := func(v int64) { want = binary.BigEndian.AppendUint64(want, uint64(v)) }
 	str := func(s string) { i64(int64(len(s))); want = append(want, s...) }
-	str("kapfhir-audit-v1")
+	str("kapfhir-audit-v2")
 	i64(1)
 	str("ae-1")
 	i64(258)
@@ -77,8 +77,7 @@ func TestCanonicalLayout(t *testing.T) {
 	str("k")
 	str("v")
 	str("s")
-	str("{}")
-	if got := audit.Canonical(r, []byte("{}")); !bytes.Equal(got, want) {
+	if got := audit.Canonical(r); !bytes.Equal(got, want) {
 		t.Errorf("Canonical =\n%x\nwant\n%x", got, want)
 	}
 }
@@ -88,23 +87,23 @@ func TestCanonicalDeterministic(t *testing.T) {
 	for i := range 50 {
 		r.Detail["k"+strconv.Itoa(i)] = strconv.Itoa(i)
 	}
-	first := audit.Canonical(r, []byte("{}"))
+	first := audit.Canonical(r)
 	for range 20 {
-		if got := audit.Canonical(r, []byte("{}")); !bytes.Equal(first, got) {
+		if got := audit.Canonical(r); !bytes.Equal(first, got) {
 			t.Fatal("Canonical differs between calls")
 		}
 	}
 	// Chain fields other than Seq are not covered: they are the chain.
 	r2 := r
 	r2.PrevHash, r2.Hash, r2.JSON = []byte("p"), []byte("h"), []byte("j")
-	if !bytes.Equal(first, audit.Canonical(r2, []byte("{}"))) {
+	if !bytes.Equal(first, audit.Canonical(r2)) {
 		t.Error("Canonical reads PrevHash, Hash or the JSON field")
 	}
 	// No entities and no detail encode alike whether nil or empty.
 	r3, r4 := canonRec(), canonRec()
 	r3.Entities, r3.Detail = nil, nil
 	r4.Entities, r4.Detail = []audit.Entity{}, map[string]string{}
-	if !bytes.Equal(audit.Canonical(r3, nil), audit.Canonical(r4, nil)) {
+	if !bytes.Equal(audit.Canonical(r3), audit.Canonical(r4)) {
 		t.Error("nil and empty lists encode differently")
 	}
 }
@@ -139,7 +138,6 @@ func TestCanonicalCoversEverything(t *testing.T) {
 		{"detail key", func(r *audit.Record, _ *[]byte) { delete(r.Detail, "a"); r.Detail["A"] = "1" }},
 		{"empty detail value dropped", func(r *audit.Record, _ *[]byte) { delete(r.Detail, "c") }},
 		{"source", func(r *audit.Record, _ *[]byte) { r.Source = "other" }},
-		{"json", func(_ *audit.Record, js *[]byte) { *js = []byte(`{"a":2}`) }},
 		// Moving bytes across a boundary keeps the concatenation but not the encoding.
 		{"client into role", func(r *audit.Record, _ *[]byte) { r.Agent.ClientID, r.Agent.Role = "app-", "1clinician" }},
 		{"outcome desc into client", func(r *audit.Record, _ *[]byte) { r.OutcomeDesc, r.Agent.ClientID = "bad paramete", "rapp-1" }},
@@ -147,11 +145,8 @@ func TestCanonicalCoversEverything(t *testing.T) {
 		{"two entities into one", func(r *audit.Record, _ *[]byte) {
 			r.Entities = []audit.Entity{{Ref: "A/b", Role: "4"}, {Ref: "C/d", Role: "4"}}
 		}},
-		{"source into json", func(r *audit.Record, js *[]byte) {
-			r.Source, *js = r.Source[:len(r.Source)-1], append([]byte(r.Source[len(r.Source)-1:]), *js...)
-		}},
 	}
-	want := audit.Canonical(base, js)
+	want := audit.Canonical(base)
 	seen := map[string]string{}
 	for _, tt := range tests {
 		r := canonRec()
@@ -161,11 +156,11 @@ func TestCanonicalCoversEverything(t *testing.T) {
 			// The baseline for this one: the same two refs as one.
 			one := canonRec()
 			one.Entities = []audit.Entity{{Ref: "A/bC/d", Role: "44"}}
-			if bytes.Equal(audit.Canonical(one, js), audit.Canonical(r, j)) {
+			if bytes.Equal(audit.Canonical(one), audit.Canonical(r)) {
 				t.Errorf("%s: encodes alike", tt.name)
 			}
 		}
-		got := audit.Canonical(r, j)
+		got := audit.Canonical(r)
 		if bytes.Equal(got, want) {
 			t.Errorf("%s: the encoding did not change", tt.name)
 		}
@@ -191,7 +186,7 @@ func chain(t *testing.T, n int) []audit.Record {
 	return out
 }
 
-// link prepares, numbers, renders and seals one record after prev.
+// link prepares, numbers and seals one record after prev.
 func link(t *testing.T, r audit.Record, seq int64, prev []byte) audit.Record {
 	t.Helper()
 	p, err := audit.Prepare(r)
@@ -199,10 +194,21 @@ func link(t *testing.T, r audit.Record, seq int64, prev []byte) audit.Record {
 		t.Fatal(err)
 	}
 	p.Seq, p.ID = seq, audit.IDFor(seq)
-	if p.JSON, err = audit.Render(p); err != nil {
-		t.Fatal(err)
-	}
 	return audit.Seal(p, prev)
+}
+
+// withJSON is rs with every record's JSON kept, as a store keeps it once
+// the record was served.
+func withJSON(t *testing.T, rs []audit.Record) []audit.Record {
+	t.Helper()
+	for i := range rs {
+		js, err := audit.Render(rs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs[i].JSON = js
+	}
+	return rs
 }
 
 func headOf(rs []audit.Record) *audit.Head {
@@ -240,13 +246,21 @@ func TestVerify(t *testing.T) {
 			rs[2].PatientID = "someone-else"
 			return rs
 		}},
+		{name: "intact, json kept", rows: func(t *testing.T) []audit.Record { return withJSON(t, chain(t, 6)) }},
 		{name: "json altered", firstBad: 3, rows: func(t *testing.T) []audit.Record {
-			rs := chain(t, 6)
+			rs := withJSON(t, chain(t, 6))
 			rs[2].JSON = bytes.Replace(rs[2].JSON, []byte("Goal/g2"), []byte("Goal/g9"), 1)
 			return rs
 		}},
 		{name: "altered and resealed", firstBad: 4, rows: func(t *testing.T) []audit.Record {
 			rs := chain(t, 6)
+			rs[2].PatientID = "someone-else"
+			rs[2] = audit.Seal(rs[2], rs[2].PrevHash)
+			return rs
+		}},
+		{name: "altered and resealed, json kept", firstBad: 3, rows: func(t *testing.T) []audit.Record {
+			// The kept rendering no longer matches the resealed record.
+			rs := withJSON(t, chain(t, 6))
 			rs[2].PatientID = "someone-else"
 			rs[2] = audit.Seal(rs[2], rs[2].PrevHash)
 			return rs

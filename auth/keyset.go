@@ -112,30 +112,68 @@ func NewKeySet(now func() time.Time, keys ...StoredKey) (*KeySet, error) {
 // Add loads a stored key. Adding a key already in the set does nothing. The
 // ID, when set, must be the key's thumbprint.
 func (ks *KeySet) Add(k StoredKey) error {
-	priv, err := ParsePrivateKey(k.PEM)
+	o, err := loadKey(k)
 	if err != nil {
-		return fmt.Errorf("key set: %w", err)
-	}
-	kid, err := Thumbprint(&priv.PublicKey)
-	if err != nil {
-		return fmt.Errorf("key set: %w", err)
-	}
-	if k.ID != "" && k.ID != kid {
-		return errors.New("key set: the key's id is not its thumbprint")
+		return err
 	}
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	if slices.ContainsFunc(ks.keys, func(o ownKey) bool { return o.kid == kid }) {
+	if slices.ContainsFunc(ks.keys, func(x ownKey) bool { return x.kid == o.kid }) {
 		return nil
 	}
-	ks.keys = append(ks.keys, ownKey{kid: kid, priv: priv, created: k.Created})
-	slices.SortStableFunc(ks.keys, func(a, b ownKey) int {
+	ks.keys = append(ks.keys, o)
+	sortKeys(ks.keys)
+	return nil
+}
+
+// Replace makes the set hold exactly keys (a key given twice counts once),
+// for a caller that reloads the keys other processes stored. Every key is
+// loaded first: on an error the set is unchanged; otherwise the new keys
+// take the old ones' place at once, so signers and verifiers see either
+// the old set or the new one, never a mix. Tokens verified and cached under
+// a key no longer in the set stop verifying.
+func (ks *KeySet) Replace(keys ...StoredKey) error {
+	next := make([]ownKey, 0, len(keys))
+	for _, k := range keys {
+		o, err := loadKey(k)
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(next, func(x ownKey) bool { return x.kid == o.kid }) {
+			next = append(next, o)
+		}
+	}
+	sortKeys(next)
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.keys = next
+	return nil
+}
+
+// loadKey parses a stored key and checks its id.
+func loadKey(k StoredKey) (ownKey, error) {
+	priv, err := ParsePrivateKey(k.PEM)
+	if err != nil {
+		return ownKey{}, fmt.Errorf("key set: %w", err)
+	}
+	kid, err := Thumbprint(&priv.PublicKey)
+	if err != nil {
+		return ownKey{}, fmt.Errorf("key set: %w", err)
+	}
+	if k.ID != "" && k.ID != kid {
+		return ownKey{}, errors.New("key set: the key's id is not its thumbprint")
+	}
+	return ownKey{kid: kid, priv: priv, created: k.Created}, nil
+}
+
+// sortKeys orders keys oldest first (ties by kid), so the last one signs.
+func sortKeys(keys []ownKey) {
+	slices.SortStableFunc(keys, func(a, b ownKey) int {
 		if c := a.created.Compare(b.created); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.kid, b.kid)
 	})
-	return nil
 }
 
 // Rotate generates a new key that signs from now on and returns it for the
@@ -177,7 +215,8 @@ func (ks *KeySet) Retire(kid string) error {
 // RetireSuperseded retires every key that stopped signing (a newer key was
 // created) more than grace ago, and returns their kids so the caller can
 // delete them from the store. Pass the access-token lifetime plus the
-// verifier's leeway as grace: by then every token such a key signed has expired.
+// verifier's leeway as grace: by then every token such a key signed has
+// expired. See Superseded.
 func (ks *KeySet) RetireSuperseded(grace time.Duration) []string {
 	now := ks.now()
 	ks.mu.Lock()
@@ -185,7 +224,7 @@ func (ks *KeySet) RetireSuperseded(grace time.Duration) []string {
 	var retired []string
 	keep := ks.keys[:0:0]
 	for i, k := range ks.keys {
-		if i < len(ks.keys)-1 && !now.Before(ks.keys[i+1].created.Add(grace)) {
+		if superseded(ks.keys, i, now, grace) {
 			retired = append(retired, k.kid)
 			continue
 		}
@@ -193,6 +232,31 @@ func (ks *KeySet) RetireSuperseded(grace time.Duration) []string {
 	}
 	ks.keys = keep
 	return retired
+}
+
+// Superseded returns, oldest first, the ids of the keys among keys that
+// stopped signing (a newer key was created) at least grace before now: the
+// keys due for retirement, by the rule RetireSuperseded applies. The
+// newest key is never among them. Every key needs its ID.
+func Superseded(keys []StoredKey, now time.Time, grace time.Duration) []string {
+	sorted := make([]ownKey, len(keys))
+	for i, k := range keys {
+		sorted[i] = ownKey{kid: k.ID, created: k.Created}
+	}
+	sortKeys(sorted)
+	var out []string
+	for i, k := range sorted {
+		if superseded(sorted, i, now, grace) {
+			out = append(out, k.kid)
+		}
+	}
+	return out
+}
+
+// superseded reports whether keys[i] (keys oldest first) stopped signing,
+// when keys[i+1] was created, at least grace before now.
+func superseded(keys []ownKey, i int, now time.Time, grace time.Duration) bool {
+	return i < len(keys)-1 && !now.Before(keys[i+1].created.Add(grace))
 }
 
 // KeyIDs lists the kids in the set, oldest first; the last one signs.

@@ -194,3 +194,71 @@ func TestRotateWithStoppedClock(t *testing.T) {
 		t.Errorf("signer = %s, want the last rotated %s (created %v after %v)", s.kid, b.ID, b.Created, a.Created)
 	}
 }
+
+// Replace swaps the whole set at once: the keys given, each once, the
+// newest signing; a bad key leaves the set as it was.
+func TestKeySetReplace(t *testing.T) {
+	c := newClock()
+	a, b := mustStoredKey(t0.Add(-2*time.Hour)), mustStoredKey(t0.Add(-time.Minute))
+	ks, err := NewKeySet(c.Now, serverKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Replace(b, a, b); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{a.ID, b.ID}, ks.KeyIDs()); diff != "" {
+		t.Errorf("after Replace, ids oldest first (-want +got):\n%s", diff)
+	}
+	if _, ok := ks.publicKey(serverKey().ID); ok {
+		t.Error("a key left out of Replace still verifies")
+	}
+	bad := serverKey()
+	bad.ID = "not-the-thumbprint"
+	for name, keys := range map[string][]StoredKey{
+		"wrong id":  {serverKey(), bad},
+		"not a key": {serverKey(), {PEM: []byte("garbage")}},
+		"P-256 key": {{PEM: mustPEM(t, p256Key())}},
+	} {
+		if err := ks.Replace(keys...); err == nil {
+			t.Errorf("%s: Replace succeeded", name)
+		}
+		if diff := cmp.Diff([]string{a.ID, b.ID}, ks.KeyIDs()); diff != "" {
+			t.Errorf("%s: a failed Replace changed the set (-want +got):\n%s", name, diff)
+		}
+	}
+}
+
+func mustPEM(t *testing.T, k *ecdsa.PrivateKey) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
+
+// A key is due for retirement once grace has passed since a newer key
+// was created; the newest never is.
+func TestSuperseded(t *testing.T) {
+	k1 := StoredKey{ID: "k1", Created: t0}
+	k2 := StoredKey{ID: "k2", Created: t0.Add(time.Hour)}
+	k3 := StoredKey{ID: "k3", Created: t0.Add(2 * time.Hour)}
+	grace := 10 * time.Minute
+	for _, tt := range []struct {
+		name string
+		keys []StoredKey
+		now  time.Time
+		want []string
+	}{
+		{"one key", []StoredKey{k1}, t0.Add(24 * time.Hour), nil},
+		{"within grace", []StoredKey{k2, k1}, t0.Add(time.Hour + grace - time.Nanosecond), nil},
+		{"at the end of grace", []StoredKey{k2, k1}, t0.Add(time.Hour + grace), []string{"k1"}},
+		{"the middle key still in grace", []StoredKey{k3, k1, k2}, t0.Add(2*time.Hour + time.Minute), []string{"k1"}},
+		{"both older keys", []StoredKey{k3, k1, k2}, t0.Add(2*time.Hour + grace), []string{"k1", "k2"}},
+	} {
+		if diff := cmp.Diff(tt.want, Superseded(tt.keys, tt.now, grace)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
+		}
+	}
+}

@@ -51,6 +51,12 @@ func (p Principal) CanReadFHIR(resourceType string, perm Perms) bool {
 // error="invalid_token" challenge.
 var ErrInvalidToken = errors.New("invalid access token")
 
+// ErrUnknownKey is wrapped, with ErrInvalidToken, by the refusal of a token
+// whose kid is not in the key set: retired, forged, or signed by a key that
+// another process sharing the store created after this one loaded its keys
+// (a caller may reload the key set and verify once more).
+var ErrUnknownKey = errors.New("unknown signing key")
+
 func invalidToken(msg string) error {
 	return &treatment.Error{Kind: treatment.KindUnauthorized, Msg: msg, Err: ErrInvalidToken}
 }
@@ -72,13 +78,17 @@ func BearerToken(authorization string) (string, error) {
 // DefaultVerifierCacheSize is how many verified tokens a Verifier remembers.
 const DefaultVerifierCacheSize = 10000
 
+// DefaultVerifierLeeway absorbs clock skew when a Verifier checks exp, nbf
+// and iat: a token verifies until its exp plus the leeway.
+const DefaultVerifierLeeway = 5 * time.Second
+
 // VerifierConfig configures a Verifier.
 type VerifierConfig struct {
 	Issuer   string  // required: as TokenServerConfig.Issuer
 	Audience string  // default Issuer, as TokenServerConfig.Audience
 	Keys     *KeySet // required
-	// Leeway for clock skew on exp, nbf and iat. Default 5 s: kapfhir signs
-	// and verifies with the same clock.
+	// Leeway for clock skew on exp, nbf and iat. Default
+	// DefaultVerifierLeeway: kapfhir signs and verifies with the same clock.
 	Leeway    time.Duration
 	CacheSize int // default DefaultVerifierCacheSize
 	Now       func() time.Time
@@ -112,7 +122,7 @@ func NewVerifier(c VerifierConfig) (*Verifier, error) {
 		aud = issuer
 	}
 	if c.Leeway <= 0 {
-		c.Leeway = 5 * time.Second
+		c.Leeway = DefaultVerifierLeeway
 	}
 	if c.CacheSize <= 0 {
 		c.CacheSize = DefaultVerifierCacheSize
@@ -214,7 +224,8 @@ func (v *Verifier) verify(token string) (Principal, string, error) {
 		}
 		pub, ok := v.keys.publicKey(kid)
 		if !ok {
-			return nil, invalidToken("access token is signed by an unknown or retired key")
+			return nil, &treatment.Error{Kind: treatment.KindUnauthorized, Msg: "access token is signed by an unknown or retired key",
+				Err: fmt.Errorf("%w: %w", ErrInvalidToken, ErrUnknownKey)}
 		}
 		return pub, nil
 	})

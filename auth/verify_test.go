@@ -37,6 +37,10 @@ func checkInvalidToken(t *testing.T, p Principal, err error, msgPart string) {
 	if !strings.Contains(te.Msg, msgPart) {
 		t.Errorf("message = %q, want it to contain %q", te.Msg, msgPart)
 	}
+	// Only an unknown kid invites the caller to reload its keys.
+	if unknown := strings.Contains(te.Msg, "unknown or retired key"); errors.Is(err, ErrUnknownKey) != unknown {
+		t.Errorf("errors.Is(%v, ErrUnknownKey) = %v, want %v", err, !unknown, unknown)
+	}
 }
 
 func TestVerifierAttacks(t *testing.T) {
@@ -317,6 +321,9 @@ func TestRotation(t *testing.T) {
 	}
 	p, err := f.verifier.Verify(old) // cached, but its key is gone
 	checkInvalidToken(t, p, err, "unknown or retired key")
+	if !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("refusal of a retired key's token = %v, want ErrUnknownKey (a caller may reload its keys)", err)
+	}
 	if _, err := f.verifier.Verify(fresh); err != nil {
 		t.Errorf("new token after retiring the old key: %v", err)
 	}

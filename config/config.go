@@ -140,7 +140,8 @@ func Defaults() Config {
 			IdleTimeout:       120 * time.Second,
 			ShutdownTimeout:   15 * time.Second,
 		},
-		Log: Log{Level: "info", Format: "text"},
+		Log:   Log{Level: "info", Format: "text"},
+		Audit: Audit{PruneEvery: 24 * time.Hour},
 	}
 }
 
@@ -227,8 +228,21 @@ var env = []struct {
 		c.Sync.LeaseFor = d
 		return nil
 	}},
+	{"KAPFHIR_AUDIT_RETENTION", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return errors.New("must be a duration such as 52560h (6 years), or 0 to keep every record")
+		}
+		c.Audit.Retention = d
+		return nil
+	}},
 	{"KAPFHIR_LOG_LEVEL", func(c *Config, v string) error { c.Log.Level = v; return nil }},
 	{"KAPFHIR_LOG_FORMAT", func(c *Config, v string) error { c.Log.Format = v; return nil }},
+	{"KAPFHIR_TLS_CERT_FILE", func(c *Config, v string) error { c.TLS.CertFile = v; return nil }},
+	{"KAPFHIR_TLS_KEY_FILE", func(c *Config, v string) error { c.TLS.KeyFile = v; return nil }},
+	{"KAPFHIR_OUTBOUND_CA_FILE", func(c *Config, v string) error { c.Outbound.CAFile = v; return nil }},
+	{"KAPFHIR_SEAL_KEY_FILE", func(c *Config, v string) error { c.Secrets.KeyFile = v; return nil }},
+	{SealKeyEnv, func(c *Config, v string) error { c.Secrets.Key = Secret(strings.TrimSpace(v)); return nil }},
 }
 
 // EnvKeys lists the environment variables Load reads, for documentation.

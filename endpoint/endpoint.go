@@ -135,12 +135,30 @@ func (e Endpoint) Timeout() time.Duration { return time.Duration(e.TimeoutSecond
 // Pushes reports whether resources of type typ are pushed to this endpoint.
 func (e Endpoint) Pushes(typ string) bool { return slices.Contains(e.ResourceTypes, typ) }
 
+// Secret is one write-only field of an endpoint's Auth.
+type Secret struct {
+	// Name is the field's JSON name (privateKeyPem, clientSecret, token).
+	Name string
+	// Value points at the field.
+	Value *string
+}
+
+// Secrets returns a's write-only fields, always in the same order: the
+// fields that Redacted hides, KeepSecrets keeps and the store seals.
+func (a *Auth) Secrets() []Secret {
+	return []Secret{
+		{Name: "privateKeyPem", Value: &a.PrivateKeyPEM},
+		{Name: "clientSecret", Value: &a.ClientSecret},
+		{Name: "token", Value: &a.Token},
+	}
+}
+
 // Redacted returns a copy without secrets, for API answers, dumps and logs.
-// HasSecret says whether one is stored.
+// A secret that is set reads Redaction, so callers see that one is stored.
 func (e Endpoint) Redacted() Endpoint {
-	e.Auth.PrivateKeyPEM = redact(e.Auth.PrivateKeyPEM)
-	e.Auth.ClientSecret = redact(e.Auth.ClientSecret)
-	e.Auth.Token = redact(e.Auth.Token)
+	for _, s := range e.Auth.Secrets() {
+		*s.Value = redact(*s.Value)
+	}
 	e.ResourceTypes = slices.Clone(e.ResourceTypes)
 	return e
 }
@@ -158,15 +176,14 @@ func redact(s string) string {
 // KeepSecrets fills the secrets e leaves empty (or redacted) from old, so an
 // update that does not repeat a write-only secret keeps it.
 func (e Endpoint) KeepSecrets(old Endpoint) Endpoint {
-	keep := func(s *string, o string) {
-		if *s == "" || *s == Redaction {
-			*s = o
-		}
+	if e.Auth.Type != old.Auth.Type {
+		return e
 	}
-	if e.Auth.Type == old.Auth.Type {
-		keep(&e.Auth.PrivateKeyPEM, old.Auth.PrivateKeyPEM)
-		keep(&e.Auth.ClientSecret, old.Auth.ClientSecret)
-		keep(&e.Auth.Token, old.Auth.Token)
+	olds := old.Auth.Secrets()
+	for i, s := range e.Auth.Secrets() {
+		if *s.Value == "" || *s.Value == Redaction {
+			*s.Value = *olds[i].Value
+		}
 	}
 	return e
 }

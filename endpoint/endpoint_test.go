@@ -179,3 +179,29 @@ func TestDecodeKeepsDefaults(t *testing.T) {
 }
 
 func asError(err error, target **treatment.Error) bool { return errors.As(err, target) }
+
+func TestEverySecretRedactedAndKept(t *testing.T) {
+	e := valid(t)
+	for _, s := range e.Auth.Secrets() {
+		*s.Value = "value-of-" + s.Name
+	}
+	r := e.Redacted()
+	b, _ := json.Marshal(r)
+	var got []string
+	for _, s := range r.Auth.Secrets() {
+		got = append(got, s.Name+"="+*s.Value)
+		if strings.Contains(string(b), "value-of-"+s.Name) {
+			t.Errorf("%s in redacted JSON: %s", s.Name, b)
+		}
+	}
+	want := []string{"privateKeyPem=" + Redaction, "clientSecret=" + Redaction, "token=" + Redaction}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("redacted secrets (-want +got):\n%s", diff)
+	}
+	kept := r.KeepSecrets(e)
+	for _, s := range kept.Auth.Secrets() {
+		if *s.Value != "value-of-"+s.Name {
+			t.Errorf("KeepSecrets: %s = %q", s.Name, *s.Value)
+		}
+	}
+}

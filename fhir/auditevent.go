@@ -103,7 +103,7 @@ func (s *Server) auditRead(c echo.Context) error {
 		return err
 	}
 	id := c.Param("id")
-	if !validID(id) {
+	if !resource.ValidID(id) {
 		return InvalidParam("id", "a resource id is 1 to 64 letters, digits, '-' or '.'")
 	}
 	r, err := s.audit.AuditEvent(c.Request().Context(), id)

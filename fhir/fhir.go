@@ -178,7 +178,7 @@ func instance(c echo.Context) (typ, id string, err error) {
 		return "", "", err
 	}
 	id = c.Param("id")
-	if !validID(id) {
+	if !resource.ValidID(id) {
 		return "", "", InvalidParam("id", "a resource id is 1 to 64 letters, digits, '-' or '.'")
 	}
 	return typ, id, nil
@@ -194,18 +194,4 @@ func resourceType(c echo.Context) (string, error) {
 		}}}
 	}
 	return typ, nil
-}
-
-// validID reports whether s is a FHIR id: [A-Za-z0-9\-\.]{1,64}.
-func validID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
 }

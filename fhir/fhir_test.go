@@ -678,7 +678,7 @@ func TestMetadata(t *testing.T) {
 	var want []res
 	enum := map[string]string{
 		"Patient": "PATIENT", "CarePlan": "CARE_PLAN", "Appointment": "APPOINTMENT",
-		"Observation": "OBSERVATION", "Goal": "GOAL", "PlanDefinition": "PLAN_DEFINITION",
+		"Observation": "OBSERVATION", "Goal": "GOAL", "PlanDefinition": "PLAN_DEFINITION", "Provenance": "PROVENANCE",
 	}
 	for _, typ := range resource.Types {
 		w := res{

@@ -115,7 +115,7 @@ func checkQuery(t *testing.T, typ, query string, sr searchRequest) {
 		fail("ids %q not sorted and unique", q.IDs)
 	}
 	for _, id := range q.IDs {
-		if !validID(id) {
+		if !resource.ValidID(id) {
 			fail("id %q is not a resource id", id)
 		}
 	}
@@ -139,7 +139,7 @@ func checkQuery(t *testing.T, typ, query string, sr searchRequest) {
 		}
 		for _, target := range rf.Targets {
 			rt, id, ok := strings.Cut(target, "/")
-			if !ok || !slices.Contains(p.Targets, rt) || !validID(id) {
+			if !ok || !slices.Contains(p.Targets, rt) || !resource.ValidID(id) {
 				fail("reference %q is not Type/id of %v", target, p.Targets)
 			}
 		}
@@ -154,7 +154,7 @@ func checkQuery(t *testing.T, typ, query string, sr searchRequest) {
 			fail("date prefix %q", df.Prefix)
 		}
 	}
-	if q.After != nil && !validID(q.After.ID) {
+	if q.After != nil && !resource.ValidID(q.After.ID) {
 		fail("cursor id %q", q.After.ID)
 	}
 	for _, inc := range sr.includes {

@@ -78,6 +78,9 @@ func searchForm(req *http.Request) (url.Values, error) {
 		}
 		return nil, InvalidParam("", "the form body cannot be parsed")
 	}
+	if !resource.PlainValues(req.Form) {
+		return nil, InvalidParam("", "the form body holds control characters or invalid UTF-8")
+	}
 	return req.Form, nil
 }
 
@@ -260,7 +263,7 @@ func parseSearch(typ string, vals url.Values, lenient bool) (searchRequest, erro
 				set := map[string]bool{}
 				for _, part := range splitEscaped(v, ',') {
 					id := unescape(part)
-					if !validID(id) {
+					if !resource.ValidID(id) {
 						p.invalid(key, "_id values are resource ids: 1 to 64 letters, digits, '-' or '.'")
 						continue
 					}
@@ -401,7 +404,7 @@ func parseReference(param resource.Param, v string) (string, string) {
 	if !slices.Contains(param.Targets, typ) {
 		return "", param.Name + " refers to " + strings.Join(param.Targets, ", ") + " only"
 	}
-	if !validID(id) {
+	if !resource.ValidID(id) {
 		return "", param.Name + ": the id is not a valid resource id"
 	}
 	return typ + "/" + id, ""
@@ -604,7 +607,7 @@ func decodeCursor(s string, q resource.Query) (resource.Cursor, error) {
 	if err != nil {
 		return resource.Cursor{}, fmt.Errorf("cursor: %w", err)
 	}
-	if !validID(parts[4]) {
+	if !resource.ValidID(parts[4]) {
 		return resource.Cursor{}, fmt.Errorf("cursor: bad id")
 	}
 	return resource.Cursor{Time: t.UTC(), ID: parts[4]}, nil

@@ -166,8 +166,8 @@ func TestValidID(t *testing.T) {
 		"0123456789012345678901234567890123456789012345678901234567890123":  true,
 		"01234567890123456789012345678901234567890123456789012345678901234": false,
 	} {
-		if got := validID(id); got != want {
-			t.Errorf("validID(%q) = %v, want %v", id, got, want)
+		if got := resource.ValidID(id); got != want {
+			t.Errorf("resource.ValidID(%q) = %v, want %v", id, got, want)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	opb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/observation_go_proto"
 	ppb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/patient_go_proto"
 	pdpb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/plan_definition_go_proto"
+	provpb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/provenance_go_proto"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kapfhir/kapfhir/resource"
@@ -27,6 +28,9 @@ import (
 //     as a point [t, t+1µs).
 //   - instantiates-canonical indexes the PlanDefinition the canonical URL names
 //     ("PlanDefinition/<id>", version dropped).
+//   - Provenance target = its relative targets (version dropped; the EHR's
+//     copy, an absolute URL, is not indexed); patient = the targets that are
+//     Patients (R4: target.where(resolve() is Patient)); recorded = a point.
 func Index(r Resource) resource.Index {
 	var ix indexer
 	switch m := r.Msg.(type) {
@@ -110,6 +114,21 @@ func Index(r Resource) resource.Index {
 		ix.token("status", sysPublication, lowerEnum(m.GetStatus().GetValue().String()))
 		if v := m.GetVersion().GetValue(); v != "" {
 			ix.token("version", "", v)
+		}
+	case *provpb.Provenance:
+		for _, r := range m.GetTarget() {
+			t := refTarget(r) // relative targets only, version dropped
+			if t == "" {
+				continue
+			}
+			ix.Refs = append(ix.Refs, resource.Ref{Param: "target", Target: t})
+			if strings.HasPrefix(t, TypePatient+"/") {
+				ix.Refs = append(ix.Refs, resource.Ref{Param: "patient", Target: t})
+			}
+		}
+		if rec := m.GetRecorded(); rec != nil {
+			lo := instantTime(rec)
+			ix.date("recorded", lo, lo.Add(time.Microsecond))
 		}
 	}
 	for _, d := range ix.Dates {

@@ -9,10 +9,17 @@
 // time, while different patients proceed in parallel. A lease has an expiry,
 // so the work of a process that died is taken over, never lost; every write
 // to an EHR is idempotent (by kapfhir's identifier), so taking it over never
-// duplicates. Plain data: the store implements it, the adapter drives it.
+// duplicates. Plain data: the store implements it, the adapter drives it. A
+// result carries its audit records and Provenance, so that the store writes
+// them in the transaction that records the result.
 package outbox
 
-import "time"
+import (
+	"time"
+
+	"github.com/kapfhir/kapfhir/audit"
+	"github.com/kapfhir/kapfhir/resource"
+)
 
 // State is where an item is.
 type State string
@@ -149,6 +156,17 @@ type Result struct {
 	Error   string
 	OpOut   []byte
 	Request string // method and path without query, for the log
+
+	// Audit are the audit records of the writes this attempt made to the
+	// EHR (none when nothing was sent), appended to the audit trail in the
+	// transaction that records the result: a write's record exists exactly
+	// when its result does.
+	Audit []audit.Record
+	// Provenance is, for a Sent result, the Provenance of the version sent
+	// (a new resource, version 1), stored in the same transaction unless a
+	// resource with its id exists already (the same version sent again to
+	// the same endpoint: the first send is the one it records).
+	Provenance *resource.Write
 }
 
 // Filter selects items for the operators' API. Zero fields match anything.

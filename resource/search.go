@@ -22,7 +22,7 @@ type Param struct {
 }
 
 // Types lists the resource types kapfhir stores and serves.
-var Types = []string{"Patient", "CarePlan", "Appointment", "Observation", "Goal", "PlanDefinition"}
+var Types = []string{"Patient", "CarePlan", "Appointment", "Observation", "Goal", "PlanDefinition", "Provenance"}
 
 // Params lists, per resource type, the search parameters indexed on write and
 // accepted on search (besides _id, _lastUpdated and the result parameters,
@@ -76,6 +76,13 @@ var Params = map[string][]Param{
 		{Name: "url", Type: TypeToken, Doc: "The uri that identifies the plan definition (matched exactly, indexed as a token)"},
 		{Name: "status", Type: TypeToken, Doc: "The current status of the plan definition"},
 		{Name: "version", Type: TypeToken, Doc: "The business version of the plan definition"},
+	},
+	"Provenance": {
+		{Name: "target", Type: TypeReference, Targets: []string{"Patient", "CarePlan", "Appointment", "Observation", "Goal"},
+			Doc: "The resource sent to an EHR, any version sent (its Provenance targets Type/id/_history/n)"},
+		{Name: "patient", Type: TypeReference, Targets: []string{"Patient"},
+			Doc: "A target that is a Patient (R4: target.where(resolve() is Patient)); for everything sent about a patient, search AuditEvent?patient=&subtype=outbound-write"},
+		{Name: "recorded", Type: TypeDate, Doc: "When the EHR acknowledged the write"},
 	},
 }
 

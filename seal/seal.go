@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -313,4 +314,59 @@ func decodeKey(s string) ([]byte, error) {
 		}
 	}
 	return nil, errors.New("the key is not base64 (want base64 of 32 random bytes, e.g. from `openssl rand -base64 32`)")
+}
+
+// LoadOrCreateKeyFile reads the key in the file at path (as KeyFromEnvOrFile
+// does, mode checked) or, when there is no such file, generates a key and
+// writes it there with mode 0600; created says which. The file appears
+// whole or not at all, and never replaces one that another process created
+// meanwhile: that one is read instead.
+func LoadOrCreateKeyFile(path string) (key []byte, created bool, err error) {
+	key, err = keyFromFile(path)
+	if err == nil {
+		return key, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, fmt.Errorf("seal: key file %s: %w", path, err)
+	}
+	if key, err = GenerateKey(); err != nil {
+		return nil, false, err
+	}
+	if err := writeNewFile(path, []byte(EncodeKey(key)+"\n")); err != nil {
+		if errors.Is(err, os.ErrExist) { // another process created it first
+			if key, err = keyFromFile(path); err != nil {
+				return nil, false, fmt.Errorf("seal: key file %s: %w", path, err)
+			}
+			return key, false, nil
+		}
+		return nil, false, fmt.Errorf("seal: create key file %s: %w", path, err)
+	}
+	return key, true, nil
+}
+
+// writeNewFile writes data to a temporary file (mode 0600) next to path and
+// links it to path, which fails with os.ErrExist when path exists.
+func writeNewFile(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil && runtime.GOOS != "windows" {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Link(tmp, path)
 }

@@ -323,3 +323,45 @@ func TestIsSealed(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadOrCreateKeyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "seal.key")
+	k1, created, err := LoadOrCreateKeyFile(path)
+	if err != nil || !created || len(k1) != KeySize {
+		t.Fatalf("first call = %d bytes, created %v, %v; want a new 32-byte key", len(k1), created, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("key file mode %#o, want 0600", perm)
+	}
+	k2, created, err := LoadOrCreateKeyFile(path)
+	if err != nil || created || !bytes.Equal(k1, k2) {
+		t.Errorf("second call = created %v, same key %v, %v; want the first key read back", created, bytes.Equal(k1, k2), err)
+	}
+	if got, err := KeyFromEnvOrFile(nil, "", path); err != nil || !bytes.Equal(got, k1) {
+		t.Errorf("KeyFromEnvOrFile(the created file) = %v; want the same key", err)
+	}
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil || len(entries) != 1 {
+		t.Errorf("directory holds %d entries (%v), want only the key file", len(entries), err)
+	}
+
+	t.Run("refuses a file others can read", func(t *testing.T) {
+		p := writeFile(t, EncodeKey(key(3)), 0o644)
+		if _, _, err := LoadOrCreateKeyFile(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("err = %v, want the mode refused", err)
+		}
+	})
+	t.Run("refuses a bad key rather than replacing it", func(t *testing.T) {
+		p := writeFile(t, "not a key", 0o600)
+		if _, _, err := LoadOrCreateKeyFile(p); err == nil || !strings.Contains(err.Error(), "not base64") {
+			t.Errorf("err = %v, want the content refused", err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != "not a key" {
+			t.Errorf("the file was replaced: %q", b)
+		}
+	})
+}

@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/auth"
+	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -123,8 +125,8 @@ func newEvent(c echo.Context, r route, source string, now func() time.Time) audi
 		}
 		ev.Entities = append(ev.Entities, query(r.seg[0]+"?"+q))
 		for _, name := range []string{"patient", "subject"} {
-			if v := c.QueryParam(name); v != "" {
-				ev.PatientID = strings.TrimPrefix(v, "Patient/")
+			if v := strings.TrimPrefix(c.QueryParam(name), "Patient/"); resource.ValidID(v) {
+				ev.PatientID = v
 			}
 		}
 	case r.fhir:
@@ -134,13 +136,19 @@ func newEvent(c echo.Context, r route, source string, now func() time.Time) audi
 		case len(r.seg) == 4:
 			ev.Subtype = audit.VRead
 		}
-		ev.Entities = append(ev.Entities, audit.Entity{Ref: r.seg[0] + "/" + r.seg[1]})
+		ref := r.seg[0] + "/" + r.seg[1]
+		if !resource.ValidID(r.seg[1]) || audit.RefKey(ref) == "" {
+			// Not an id (the handler refuses it): recorded as what was asked.
+			ev.Entities = append(ev.Entities, query(req.URL.Path))
+			break
+		}
+		ev.Entities = append(ev.Entities, audit.Entity{Ref: ref})
 		if r.seg[0] == "Patient" {
 			ev.PatientID = r.seg[1]
 		}
 	case r.read:
-		ev.Detail["api"] = "/api/v1/" + r.seg[0]
-		if len(r.seg) > 1 && r.seg[0] == "patients" {
+		ev.Detail["api"] = clip("/api/v1/"+r.seg[0], maxDetailPath)
+		if len(r.seg) > 1 && r.seg[0] == "patients" && resource.ValidID(r.seg[1]) {
 			ev.PatientID = r.seg[1]
 		}
 		if len(r.seg) == 1 {
@@ -148,9 +156,24 @@ func newEvent(c echo.Context, r route, source string, now func() time.Time) audi
 			ev.Entities = append(ev.Entities, query(req.URL.Path+"?"+req.URL.RawQuery))
 		}
 	default:
-		ev.Detail["api"] = req.Method + " /api/v1/" + strings.Join(r.seg, "/")
+		ev.Detail["api"] = clip(req.Method+" /api/v1/"+strings.Join(r.seg, "/"), maxDetailPath)
 	}
 	return ev
+}
+
+// maxDetailPath bounds the path an audit record's detail keeps (no route
+// is longer; a longer path is refused by its handler, and still recorded).
+const maxDetailPath = 512
+
+// clip shortens s to at most n bytes without splitting a character.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // outcomeOf maps a response status to an audit outcome.

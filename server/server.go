@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/api"
 	"github.com/kapfhir/kapfhir/fhir"
+	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -77,6 +79,7 @@ func New(o Options) *echo.Echo {
 	if o.MaxBodyBytes > 0 {
 		e.Use(bodyLimit(o.MaxBodyBytes))
 	}
+	e.Use(plainTarget)
 	front := o.Access
 	if front == nil {
 		front = closed{}
@@ -126,6 +129,24 @@ func bodyLimit(limit int64) echo.MiddlewareFunc {
 			req.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
 			return next(c)
 		}
+	}
+}
+
+// plainTarget refuses (400) a request whose path, or a query parameter's
+// name or value, decodes to invalid UTF-8 or control characters, or whose
+// path holds ':', '?' or '#' (escaped): no route, id or search value has
+// them, PostgreSQL text cannot hold NUL or invalid UTF-8, and the audit
+// trail, which records every request before it is answered, records a
+// path's Type/id as a reference, which cannot hold ":?#" (audit.RefKey).
+func plainTarget(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		u := c.Request().URL
+		vals, _ := url.ParseQuery(u.RawQuery) // bad escapes are the handlers' to report; the rest is checked
+		if !resource.PlainText(u.Path) || strings.ContainsAny(u.Path, ":?#") || !resource.PlainValues(vals) {
+			return echo.NewHTTPError(http.StatusBadRequest, "the request path or query holds characters no route, id or search value has "+
+				"(control characters, invalid UTF-8; in the path also ':', '?' or '#')")
+		}
+		return next(c)
 	}
 }
 

@@ -83,13 +83,23 @@ type Security interface {
 	// record is shared by every store handle on the database.
 	UseJTI(ctx context.Context, clientID, jti string, expires, now time.Time) error
 
-	// PutSigningKey stores a new key; a kid already stored is a conflict.
-	PutSigningKey(ctx context.Context, k SigningKey) error
+	// PutSigningKey stores a new key and appends recs, its audit records,
+	// in the same transaction; a kid already stored is a conflict (nothing
+	// is written).
+	PutSigningKey(ctx context.Context, k SigningKey, recs ...audit.Record) error
 	// SigningKeys returns every key, newest first.
 	SigningKeys(ctx context.Context) ([]SigningKey, error)
-	// RetireSigningKey marks a key retired at at (a retired key keeps its
-	// first retirement time), or not_found.
-	RetireSigningKey(ctx context.Context, kid string, at time.Time) error
+	// RetireSigningKey marks a key retired at at and appends recs in the
+	// same transaction, and reports whether it did: a key already retired
+	// keeps its first retirement time and nothing is written. Unknown kid:
+	// not_found.
+	RetireSigningKey(ctx context.Context, kid string, at time.Time, recs ...audit.Record) (bool, error)
+	// ResealSigningKey replaces a key's private bytes old by private (the
+	// caller encrypted them anew) and appends recs in the same
+	// transaction, and reports whether it did: when the stored bytes are
+	// no longer old (another process replaced them first) nothing is
+	// written. Unknown kid: not_found.
+	ResealSigningKey(ctx context.Context, kid string, old, private []byte, recs ...audit.Record) (bool, error)
 
 	// SyncLedger lists sync log lines matching f, newest first.
 	SyncLedger(ctx context.Context, f outbox.LedgerFilter) (outbox.LedgerPage, error)

@@ -11,6 +11,7 @@ package ehrclient
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
@@ -45,6 +46,10 @@ type Options struct {
 	Transport http.RoundTripper
 	// UserAgent is sent with every request when set.
 	UserAgent string
+	// RootCAs are the authorities the EHR's certificates are verified
+	// against (the system's plus the configured bundle); nil means the
+	// system's. Certificates are always verified.
+	RootCAs *x509.CertPool
 }
 
 // Request is one FHIR REST interaction.
@@ -117,10 +122,10 @@ func New(ep endpoint.Endpoint, o Options) (*Client, error) {
 
 	ehrTransport, authTransport := o.Transport, o.Transport
 	if ehrTransport == nil {
-		ehrTransport = newTransport(ep)
+		ehrTransport = newTransport(ep, o.RootCAs)
 		authEP := ep
 		authEP.Concurrency = 2
-		authTransport = newTransport(authEP)
+		authTransport = newTransport(authEP, o.RootCAs)
 	}
 	c.auth = &http.Client{
 		Transport: authTransport,

@@ -545,7 +545,7 @@ func TestGuardAddress(t *testing.T) {
 func TestDialerRefusesMetadataAddress(t *testing.T) {
 	// The real transport: the dialer's Control refuses the address before
 	// any packet is sent, so this needs no network.
-	tr := newTransport(testEndpoint())
+	tr := newTransport(testEndpoint(), nil)
 	t.Cleanup(tr.CloseIdleConnections)
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://169.254.169.254/latest/meta-data/", nil)
 	if err != nil {

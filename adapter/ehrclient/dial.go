@@ -2,6 +2,7 @@ package ehrclient
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -37,10 +38,11 @@ func guardAddress(_, address string, _ syscall.RawConn) error {
 }
 
 // newTransport returns the pooled transport to one EHR: as many connections
-// per host as the endpoint's concurrency, TLS 1.2 or later, and the address
+// per host as the endpoint's concurrency, TLS 1.2 or later with the
+// certificate verified against roots (nil: the system's), and the address
 // guard on every dial. It uses no proxy: a proxy would be dialled instead of
 // the EHR and so escape the guard.
-func newTransport(ep endpoint.Endpoint) *http.Transport {
+func newTransport(ep endpoint.Endpoint, roots *x509.CertPool) *http.Transport {
 	conc := max(ep.Concurrency, 1)
 	d := &net.Dialer{
 		Timeout:   10 * time.Second,
@@ -58,7 +60,7 @@ func newTransport(ep endpoint.Endpoint) *http.Transport {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		ResponseHeaderTimeout: ep.Timeout(),
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots},
 	}
 }
 

@@ -15,6 +15,10 @@
 // once, then retry later; 429, 5xx and transport failures retry later with
 // backoff (never dead: an outage delays, it does not lose); credentials the
 // EHR keeps refusing mark the endpoint auth-failed and stop its worker.
+//
+// Records: every write sent to the EHR is an outbound-write audit record,
+// and every version the EHR now holds has a Provenance (see record.go);
+// both are written in the transaction that records the item's result.
 package engine
 
 import (
@@ -34,6 +38,7 @@ import (
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
+	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -46,6 +51,9 @@ type Store interface {
 	SetEndpointState(ctx context.Context, id string, state endpoint.AuthState, lastError string, now time.Time) error
 	Renew(ctx context.Context, endpointID, patientID, owner string, until time.Time) error
 	Upcoming(ctx context.Context, endpointID string, now time.Time, limit int) ([]string, error)
+	// InTx reads the installation id (the source of the audit records and
+	// the Device of the Provenance) from the store's meta.
+	InTx(ctx context.Context, fn func(tx store.Tx) error) error
 }
 
 // EHR is what the engine needs of the EHR client.
@@ -95,6 +103,9 @@ type Worker struct {
 	// looked up ahead for the batches about to be leased.
 	lookupMu sync.Mutex
 	lookedUp map[string]patientAnswer
+
+	// source is the installation id, read once (see installation).
+	source string
 }
 
 // ErrAuthFailed ends Run when the EHR keeps refusing kapfhir's credentials;
@@ -213,6 +224,9 @@ func (w *Worker) Once(ctx context.Context) (int, error) {
 	// its lease expired (even by another lane of this process) can no
 	// longer be finished by the lane that lost it.
 	owner := fmt.Sprintf("%s/%d", w.o.Owner, w.leases.Add(1))
+	if err := w.installation(ctx); err != nil {
+		return 0, err
+	}
 	batches, err := w.o.Store.Lease(ctx, outbox.Lease{
 		EndpointID: w.ep.ID, Owner: owner, MaxPatients: 1, Now: w.o.Now(), For: w.o.LeaseFor,
 	})

@@ -163,12 +163,23 @@ type fixture struct {
 	ehr    *scriptedEHR
 	ep     endpoint.Endpoint
 	progID string
+	patID  string
 }
 
 func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 	t.Helper()
-	ctx := t.Context()
 	db := kaptest.Store(t)
+	svc, err := app.New(t.Context(), app.Options{Store: db, Catalogue: kaptest.Catalogue(t), Calendar: treatment.DefaultCalendar(time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newFixtureOn(t, ehr, db, svc)
+}
+
+// newFixtureOn is newFixture on a given store and service.
+func newFixtureOn(t *testing.T, ehr *scriptedEHR, db *sqlite.DB, svc *app.Service) *fixture {
+	t.Helper()
+	ctx := t.Context()
 	srv := httptest.NewServer(ehr)
 	t.Cleanup(srv.Close)
 	ep := endpoint.Defaults()
@@ -180,10 +191,6 @@ func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 	ep.Retry.MinBackoff, ep.Retry.MaxBackoff = endpoint.Duration(time.Hour), endpoint.Duration(time.Hour)
 	now := time.Now().UTC()
 	if err := db.PutEndpoint(ctx, endpoint.Stored{Endpoint: ep, Source: endpoint.SourceAPI, AuthState: endpoint.AuthOK, Created: now, Updated: now}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := app.New(ctx, app.Options{Store: db, Catalogue: kaptest.Catalogue(t), Calendar: treatment.DefaultCalendar(time.UTC)})
-	if err != nil {
 		t.Fatal(err)
 	}
 	ehr.put("Patient", "ehr-pat", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M1"}]}`)
@@ -200,7 +207,7 @@ func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 		t.Fatal(err)
 	}
 	w := engine.New(engine.Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Store: db, EHR: client, Owner: "test"})
-	return &fixture{db: db, svc: svc, w: w, ehr: ehr, ep: ep, progID: prog.ID}
+	return &fixture{db: db, svc: svc, w: w, ehr: ehr, ep: ep, progID: prog.ID, patID: p.ID}
 }
 
 // run pushes until nothing is due now.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/adapter/outbound"
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
@@ -84,6 +85,8 @@ type result struct {
 	retryAfter time.Duration
 	request    string
 	deferred   []resource.Key
+	// at is when the EHR answered the write (set by push).
+	at time.Time
 }
 
 // push writes one patient's batch and finishes every item in it. An auth
@@ -104,6 +107,15 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 		bt.queue[k] = true
 	}
 	results := map[int64]result{}
+	// audits are the audit records of the writes sent, per item.
+	audits := map[int64][]audit.Record{}
+	wrote := func(it outbox.Item, r result, err error) result {
+		r.at = w.o.Now()
+		if rec, ok := w.writeRecord(it, r, err); ok {
+			audits[it.ID] = append(audits[it.ID], rec)
+		}
+		return r
+	}
 	var stop error
 	// The lease is renewed every third of its length while the batch runs
 	// (one write may outlast a lease when the EHR asks for long waits); once
@@ -137,6 +149,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 				r = result{outcome: outbox.Release}
 			}
 			rs[i] = w.result(it, r, owner)
+			rs[i].Audit = audits[it.ID]
 		}
 		stopHB()
 		errs, err := w.o.Store.FinishBatch(context.WithoutCancel(ctx), rs)
@@ -170,6 +183,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 			return 0, nil
 		}
 		r, err := bt.write(ctx, it)
+		r = wrote(it, r, err)
 		if err != nil {
 			if isAuth(err) {
 				stop = w.authFailed(ctx, err)
@@ -205,6 +219,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 		l.EHRID, l.EHRVersion, l.SentHash = first.ehrID, first.ehrVersion, first.hash
 		bt.links[k] = l
 		r, err := bt.write(ctx, l)
+		r = wrote(it, r, err)
 		switch {
 		case err != nil && isAuth(err):
 			stop = w.authFailed(ctx, err)
@@ -246,6 +261,10 @@ func (w *Worker) result(it outbox.Item, r result, owner string) outbox.Result {
 			res.RetryAt = now.Add(w.backoff(it.Attempts+1, 0))
 			res.Error = fmt.Sprintf("written without references to %d resource(s) the EHR does not hold yet", len(r.deferred))
 		}
+	}
+	if res.Outcome == outbox.Sent {
+		// The EHR holds this version, complete: its Provenance.
+		res.Provenance = w.provenance(it, r)
 	}
 	return res
 }
@@ -346,10 +365,10 @@ func (bt *batch) write(ctx context.Context, it outbox.Item) (result, error) {
 	} else {
 		r, err = bt.byID(ctx, it, rc, prep)
 	}
+	r.version = v.VersionID
 	if err != nil {
 		return r, err
 	}
-	r.version = v.VersionID
 	if r.outcome == outbox.Sent || r.outcome == outbox.Unchanged {
 		l := bt.links[k]
 		l.EHRID, l.EHRVersion = r.ehrID, r.ehrVersion
@@ -375,7 +394,7 @@ func (bt *batch) conditionalUpdate(ctx context.Context, it outbox.Item, prep pre
 	path := it.ResourceType + "?" + identifierQuery(p.Identifier)
 	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPut, Path: path, Body: p.Body, Idempotent: true})
 	if err != nil {
-		return result{}, err
+		return result{request: pathOnly(http.MethodPut, path)}, err // attempted: audited
 	}
 	r = bt.classify(it, resp, p, pathOnly(http.MethodPut, path))
 	if resp.Status == http.StatusPreconditionFailed {
@@ -421,14 +440,15 @@ func (bt *batch) byID(ctx context.Context, it outbox.Item, rc ehrclient.Resource
 		path := it.ResourceType + "/" + ehrID
 		resp, err := w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPut, Path: path, Body: p.Body, Header: hdr, Idempotent: true})
 		if err != nil {
-			return result{}, err
+			return result{request: pathOnly(http.MethodPut, path)}, err // attempted: audited
 		}
 		switch {
 		case (resp.Status == http.StatusPreconditionFailed || resp.Status == http.StatusConflict) && replans == 0:
 			// Someone else changed it: re-read its version and write again, once.
 			rr, err := w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodGet, Path: path, Idempotent: true})
 			if err != nil {
-				return result{}, err
+				// The write was refused and could not be planned again.
+				return result{request: pathOnly(http.MethodPut, path), status: resp.Status}, err
 			}
 			if rr.Status == http.StatusOK {
 				ehrVersion = rr.VersionID
@@ -462,7 +482,7 @@ func (bt *batch) create(ctx context.Context, it outbox.Item, rc ehrclient.Resour
 	}
 	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPost, Path: it.ResourceType, Body: p.Body, Header: hdr, Idempotent: rc.ConditionalCreate})
 	if err != nil {
-		return result{}, err
+		return result{request: pathOnly(http.MethodPost, it.ResourceType)}, err // attempted: audited
 	}
 	return bt.classify(it, resp, p, pathOnly(http.MethodPost, it.ResourceType)), nil
 }

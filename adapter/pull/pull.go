@@ -9,6 +9,10 @@
 // high-water mark taken from the EHR's own timestamps (kept in the store)
 // minus an overlap window, so clock skew and late commits are not missed;
 // re-reading an appointment already applied changes nothing.
+//
+// Every poll is an inbound-poll audit record (what was found and applied,
+// the high-water mark), written in the transaction that moves the
+// high-water mark; a failed poll is recorded as a failure.
 package pull
 
 import (
@@ -17,11 +21,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/store"
@@ -105,14 +111,21 @@ func (p *Poller) Run(ctx context.Context) error {
 
 func (p *Poller) hwmKey() string { return "pull.hwm." + p.o.Endpoint.ID }
 
-// Once polls once and returns how many session changes it applied.
+// Once polls once and returns how many session changes it applied. The
+// poll is recorded (audit.InboundPoll) with the new high-water mark in one
+// transaction, whether it succeeded or not.
 func (p *Poller) Once(ctx context.Context) (int, error) {
 	var hwm time.Time
+	var source string
 	err := p.o.Store.InTx(ctx, func(tx store.Tx) error {
 		v, err := tx.Meta(ctx, p.hwmKey())
 		if err == nil && v != "" {
 			hwm, err = time.Parse(time.RFC3339Nano, v)
 		}
+		if err != nil {
+			return err
+		}
+		source, err = tx.Meta(ctx, app.MetaInstallation)
 		return err
 	})
 	if err != nil {
@@ -122,27 +135,60 @@ func (p *Poller) Once(ctx context.Context) (int, error) {
 	if !hwm.IsZero() {
 		q.Set("_lastUpdated", "ge"+hwm.Add(-p.o.Overlap).UTC().Format(time.RFC3339))
 	}
-	path := "Appointment?" + q.Encode()
-	applied, seen := 0, hwm
+	res, perr := p.poll(ctx, "Appointment?"+q.Encode(), hwm)
+	rec := p.record(res, q.Encode(), perr, source)
+	// Recorded even when ctx ended mid-poll (shutdown): the poll happened.
+	rctx := context.WithoutCancel(ctx)
+	err = p.o.Store.InTx(rctx, func(tx store.Tx) error {
+		if perr == nil && res.seen.After(hwm) {
+			if err := tx.SetMeta(rctx, p.hwmKey(), res.seen.UTC().Format(time.RFC3339Nano)); err != nil {
+				return fmt.Errorf("save high-water mark: %w", err)
+			}
+		}
+		_, err := tx.AppendAudit(rctx, rec)
+		return err
+	})
+	switch {
+	case perr != nil:
+		return res.applied, perr
+	case err != nil:
+		return res.applied, fmt.Errorf("pull: %w", err)
+	}
+	return res.applied, nil
+}
+
+// polled is what one poll found.
+type polled struct {
+	found   int       // appointments kapfhir owns in the answer
+	applied int       // session changes applied
+	refused int       // EHR statuses that could not be applied
+	status  int       // the EHR's answer to a failed search (0: none or not a search failure)
+	seen    time.Time // the latest lastUpdated seen (the new high-water mark)
+}
+
+// poll searches from path on, page by page, and applies what it finds.
+func (p *Poller) poll(ctx context.Context, path string, hwm time.Time) (polled, error) {
+	res := polled{seen: hwm}
+	prefix := p.o.IdentifierSystem + "|"
 	for pages := 0; path != "" && pages < 1000; pages++ {
 		resp, err := p.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodGet, Path: path, Idempotent: true})
 		if err != nil {
-			return applied, err
+			return res, err
 		}
 		if resp.Status != http.StatusOK {
-			return applied, fmt.Errorf("pull: searching appointments answered %d", resp.Status)
+			res.status = resp.Status
+			return res, fmt.Errorf("pull: searching appointments answered %d", resp.Status)
 		}
 		page, err := ehrclient.ParsePage(resp.Body)
 		if err != nil {
-			return applied, fmt.Errorf("pull: the search answer is not a Bundle: %w", err)
+			return res, fmt.Errorf("pull: the search answer is not a Bundle: %w", err)
 		}
-		prefix := p.o.IdentifierSystem + "|"
 		for _, e := range page.Entries {
 			if !e.Match || e.ResourceType != "Appointment" {
 				continue
 			}
-			if e.LastUpdated.After(seen) {
-				seen = e.LastUpdated
+			if e.LastUpdated.After(res.seen) {
+				res.seen = e.LastUpdated
 			}
 			var ids []string
 			for _, ident := range e.Identifiers {
@@ -150,38 +196,89 @@ func (p *Poller) Once(ctx context.Context) (int, error) {
 					ids = append(ids, v)
 				}
 			}
+			if len(ids) != 1 {
+				continue
+			}
+			res.found++
 			status, ok := statuses[e.Status]
-			if len(ids) != 1 || !ok {
+			if !ok {
 				continue
 			}
 			n, err := p.apply(ctx, ids[0], status, e.ID)
 			if err != nil {
-				return applied, err
+				return res, err
 			}
-			applied += n
+			switch n {
+			case applied:
+				res.applied++
+			case refused:
+				res.refused++
+			}
 		}
 		path = page.Next
 	}
-	if seen.After(hwm) {
-		err := p.o.Store.InTx(ctx, func(tx store.Tx) error {
-			return tx.SetMeta(ctx, p.hwmKey(), seen.UTC().Format(time.RFC3339Nano))
-		})
-		if err != nil {
-			return applied, fmt.Errorf("pull: save high-water mark: %w", err)
-		}
-	}
-	return applied, nil
+	return res, nil
 }
+
+// Detail keys of an inbound-poll record.
+const (
+	DetailFound         = "found"           // appointments kapfhir owns in the EHR's answer
+	DetailApplied       = "applied"         // session changes applied
+	DetailRefused       = "refused"         // EHR statuses that could not be applied
+	DetailHighWaterMark = "high-water-mark" // the latest lastUpdated seen, RFC 3339
+	DetailStatus        = "status"          // the EHR's HTTP status of a failed search
+)
+
+// record is the audit record of a poll: its query (no PHI: kapfhir's
+// identifier system and a date), counts and high-water mark, and for a
+// failed poll the reason, without the error's text.
+func (p *Poller) record(res polled, query string, err error, source string) audit.Record {
+	rec := audit.Record{
+		Time:       p.o.Now(),
+		Subtype:    audit.InboundPoll,
+		Outcome:    audit.Success,
+		Agent:      audit.System,
+		EndpointID: p.o.Endpoint.ID,
+		Entities:   []audit.Entity{{Query: query}},
+		Detail: map[string]string{
+			DetailFound:   strconv.Itoa(res.found),
+			DetailApplied: strconv.Itoa(res.applied),
+			DetailRefused: strconv.Itoa(res.refused),
+		},
+		Source: source,
+	}
+	if !res.seen.IsZero() {
+		rec.Detail[DetailHighWaterMark] = res.seen.UTC().Format(time.RFC3339Nano)
+	}
+	switch {
+	case err == nil:
+	case res.status != 0:
+		rec.Outcome, rec.OutcomeDesc = audit.MinorFailure, fmt.Sprintf("the EHR answered %d", res.status)
+		rec.Detail[DetailStatus] = strconv.Itoa(res.status)
+	default:
+		rec.Outcome, rec.OutcomeDesc = audit.MinorFailure, "the poll did not complete"
+	}
+	return rec
+}
+
+// change is what apply did.
+type change int
+
+const (
+	unchanged change = iota // the statuses agree, or the session is not kapfhir's (any more)
+	applied                 // the session took the EHR's status
+	refused                 // the EHR's status cannot be applied to the session
+)
 
 // apply sets the session's status to the EHR's when they differ, and
 // records the change with its source.
-func (p *Poller) apply(ctx context.Context, sessionID, status, ehrID string) (int, error) {
+func (p *Poller) apply(ctx context.Context, sessionID, status, ehrID string) (change, error) {
 	prog, err := p.o.Store.ProgramBySession(ctx, sessionID)
 	if treatment.ErrorKind(err) == treatment.KindNotFound {
-		return 0, nil // not ours (any more)
+		return unchanged, nil // not ours (any more)
 	}
 	if err != nil {
-		return 0, err
+		return unchanged, err
 	}
 	var cur treatment.SessionStatus
 	for _, s := range prog.Sessions {
@@ -190,7 +287,7 @@ func (p *Poller) apply(ctx context.Context, sessionID, status, ehrID string) (in
 		}
 	}
 	if string(cur) == status {
-		return 0, nil
+		return unchanged, nil
 	}
 	ev := outbox.Event{
 		At: p.o.Now().UTC(), EndpointID: p.o.Endpoint.ID, ResourceType: "Appointment", ResourceID: sessionID,
@@ -206,13 +303,13 @@ func (p *Poller) apply(ctx context.Context, sessionID, status, ehrID string) (in
 		ev.Detail = fmt.Sprintf("the EHR's status %s cannot be applied to a %s session: %v", status, cur, err)
 		p.log.Warn("cannot apply the EHR's appointment status", "session", sessionID, "status", status, "error", err)
 	default:
-		return 0, err
+		return unchanged, err
 	}
 	if lerr := p.o.Store.AppendLog(ctx, ev); lerr != nil {
-		return 0, lerr
+		return unchanged, lerr
 	}
 	if err != nil {
-		return 0, nil
+		return refused, nil
 	}
-	return 1, nil
+	return applied, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/kapfhir/kapfhir/adapter"
 	"github.com/kapfhir/kapfhir/api"
 	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/catalogue"
 	"github.com/kapfhir/kapfhir/config"
 	"github.com/kapfhir/kapfhir/fhir"
@@ -43,7 +45,9 @@ Usage:
   kapfhir sync reconcile -endpoint ID [-repair] compare the EHR with what kapfhir sent
   kapfhir token [-client ID] [-key FILE] [-url URL] [-scope S]  get an access token (default: the admin client)
   kapfhir clients create ID -role ROLE [-scope S]  register a client with a key generated into the data directory
+  kapfhir keys rotate|list [-config FILE]      rotate kapfhir's token-signing key, or list the keys
   kapfhir audit verify [-config FILE]          check the audit trail's hash chain
+  kapfhir audit prune [-before DATE]           delete records older than audit.retention (or DATE), recorded
   kapfhir version
 
 With no -config, KAPFHIR_CONFIG names the file; with neither, defaults apply
@@ -67,7 +71,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 		cmd, rest = "config check", rest[1:]
 	}
 	var sub string
-	if (cmd == "endpoints" || cmd == "sync" || cmd == "audit" || cmd == "clients") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+	if (cmd == "endpoints" || cmd == "sync" || cmd == "audit" || cmd == "clients" || cmd == "keys") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		sub, rest = rest[0], rest[1:]
 	}
 	var clientArg string
@@ -82,13 +86,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 	clientID := fs.String("client", "admin", "client id (token)")
 	role := fs.String("role", "", "the client's role: ehr, clinic, admin or auditor (clients create)")
 	keyFile := fs.String("key", "", "the client's private key, PKCS#8 PEM (token; default: the admin key in the data directory)")
-	baseURL := fs.String("url", "", "kapfhir's base URL (token; default: baseURL, else http://listen)")
+	baseURL := fs.String("url", "", "kapfhir's base URL (token; default: baseURL, else http(s)://listen)")
 	scope := fs.String("scope", "system/*.rs", "scopes to ask for (token)")
+	before := fs.String("before", "", "prune records older than this date or RFC 3339 time (audit prune; default: now - audit.retention)")
 	switch cmd {
 	case "serve", "migrate", "demo", "protocols", "config check", "endpoints", "sync", "token", "clients":
+	case "keys":
+		if sub != "rotate" && sub != "list" {
+			return errors.New("usage: kapfhir keys rotate | kapfhir keys list")
+		}
 	case "audit":
-		if sub != "verify" {
-			return errors.New("usage: kapfhir audit verify")
+		if sub != "verify" && sub != "prune" {
+			return errors.New("usage: kapfhir audit verify | kapfhir audit prune [-before DATE]")
 		}
 	case "version":
 		fmt.Fprintln(stdout, "kapfhir", version)
@@ -154,9 +163,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup en
 			return errors.New("usage: kapfhir clients create ID -role ROLE [-scope S]")
 		}
 		return clientCreate(ctx, cfg, log, clientArg, *role, *scope, stdout)
+	case "keys":
+		return keysCmd(ctx, cfg, log, sub, stdout)
 	case "token":
 		return tokenCmd(ctx, cfg, *clientID, *keyFile, *baseURL, *scope, stdout)
 	case "audit":
+		if sub == "prune" {
+			return auditPrune(ctx, cfg, *before, stdout)
+		}
 		return auditVerify(ctx, cfg, stdout)
 	}
 	return serve(ctx, cfg, log, stdout)
@@ -213,6 +227,10 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger, notify
 	if err != nil {
 		return nil, nil, err
 	}
+	box, err := openSeal(cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
 	st, n, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
@@ -223,7 +241,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger, notify
 	svc, err := app.New(ctx, app.Options{
 		Store: st, Catalogue: cat, Calendar: cal,
 		IdentifierSystem: cfg.FHIR.IdentifierSystem, CanonicalBase: cfg.FHIR.CanonicalBase,
-		Logger: log, Notify: notify,
+		Logger: log, Notify: notify, Seal: box,
 	})
 	if err != nil {
 		st.Close()
@@ -234,9 +252,14 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger, notify
 
 // newManager returns the sync manager for the store (not started).
 func newManager(cfg config.Config, svc *app.Service, st store.Store, log *slog.Logger) *adapter.Manager {
+	roots, err := cfg.Outbound.RootCAs()
+	if err != nil { // validated at load: the file changed since
+		log.Error("EHR certificates are verified against the system's authorities only", "error", err)
+	}
 	return adapter.New(adapter.Options{
 		Store: st, IdentifierSystem: svc.IdentifierSystem(), Configured: cfg.Endpoints, Sessions: svc,
 		Logger: log, UserAgent: "kapfhir/" + version, LeaseFor: cfg.Sync.LeaseFor, Poll: cfg.Sync.Poll,
+		Seal: svc.Seal(), RootCAs: roots,
 	})
 }
 
@@ -247,6 +270,14 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
+	scheme := "http"
+	if cfg.TLS.Enabled() {
+		tc, err := serverTLS(cfg.TLS)
+		if err != nil {
+			return err
+		}
+		ln, scheme = tls.NewListener(ln, tc), "https"
+	}
 	svc, st, mgr, err := openSync(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -256,6 +287,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		return err
 	}
 	defer mgr.Stop() // workers stop before the store closes
+	if cfg.Audit.Retention > 0 {
+		r := audit.Retention{Store: st, Period: cfg.Audit.Retention, Source: svc.Installation(), Now: time.Now, Log: log}
+		stopPruner := background(ctx, func(ctx context.Context) { r.Run(ctx, cfg.Audit.PruneEvery) })
+		defer stopPruner() // so does the audit pruner
+	}
 	fhirBase := ""
 	if cfg.BaseURL != "" {
 		fhirBase = strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir"
@@ -267,10 +303,12 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		return err
 	}
 	fs.WithAudit(st)
-	acc, note, err := openAccess(ctx, cfg, st, issuerOf(cfg, addr), svc.Installation(), log)
+	acc, note, err := openAccess(ctx, cfg, st, issuerOf(cfg, addr), svc, log)
 	if err != nil {
 		return err
 	}
+	stopKeys := background(ctx, acc.Run) // picks up keys other processes rotate
+	defer stopKeys()
 	var th server.Throttle
 	if cfg.Auth.RatePerSecond > 0 {
 		th = throttle.New(cfg.Auth.RatePerSecond, max(cfg.Auth.RateBurst, 1), time.Now)
@@ -283,14 +321,26 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 			return ignoreNotFound(err)
 		},
 	})
-	log.Info("kapfhir listening", "addr", addr, "store", cfg.Store.Driver, "version", version)
+	log.Info("kapfhir listening", "addr", addr, "scheme", scheme, "store", cfg.Store.Driver, "version", version)
 	// One write: a reader of the first line is not made to read the note
 	// before the server serves.
-	fmt.Fprintf(stdout, "kapfhir listening on http://%s (FHIR base http://%s/fhir)\n%s", addr, addr, note)
+	fmt.Fprintf(stdout, "kapfhir listening on %s://%s (FHIR base %s://%s/fhir)\n%s", scheme, addr, scheme, addr, note)
 	return server.Serve(ctx, ln, h, server.Timeouts{
 		ReadHeader: cfg.HTTP.ReadHeaderTimeout, Read: cfg.HTTP.ReadTimeout, Write: cfg.HTTP.WriteTimeout,
 		Idle: cfg.HTTP.IdleTimeout, Shutdown: cfg.HTTP.ShutdownTimeout,
 	}, log)
+}
+
+// background runs work until ctx is done or the returned function is
+// called; that function waits for work to return.
+func background(ctx context.Context, work func(context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		work(ctx)
+	}()
+	return func() { cancel(); <-done }
 }
 
 func listProtocols(cfg config.Config, w io.Writer) error {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kapfhir/kapfhir/access"
+	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/config"
@@ -20,7 +21,8 @@ import (
 
 // openAccess starts the authorization server on the store: signing keys,
 // configured clients, and the admin client on first start (reported on w).
-func openAccess(ctx context.Context, cfg config.Config, st store.Store, issuer, source string, log *slog.Logger) (*access.Service, string, error) {
+// Its signing keys are sealed with svc's Box; svc names the installation.
+func openAccess(ctx context.Context, cfg config.Config, st store.Store, issuer string, svc *app.Service, log *slog.Logger) (*access.Service, string, error) {
 	var clients []auth.Client
 	for _, c := range cfg.Auth.Clients {
 		ac, err := c.Resolve()
@@ -30,7 +32,7 @@ func openAccess(ctx context.Context, cfg config.Config, st store.Store, issuer, 
 		clients = append(clients, ac)
 	}
 	acc, err := access.New(ctx, access.Options{
-		Store: st, Issuer: issuer, DataDir: cfg.DataDir, Source: source,
+		Store: st, Issuer: issuer, DataDir: cfg.DataDir, Source: svc.Installation(), Seal: svc.Seal(),
 		TokenLifetime: cfg.Auth.TokenLifetime, Configured: clients, Logger: log,
 	})
 	if err != nil {
@@ -51,10 +53,13 @@ func openAccess(ctx context.Context, cfg config.Config, st store.Store, issuer, 
 }
 
 // issuerOf is the base URL tokens are issued for: the configured one, or
-// the address the server listens on.
+// the address the server listens on (https when TLS is configured).
 func issuerOf(cfg config.Config, addr string) string {
 	if cfg.BaseURL != "" {
 		return strings.TrimSuffix(cfg.BaseURL, "/")
+	}
+	if cfg.TLS.Enabled() {
+		return "https://" + addr
 	}
 	return "http://" + addr
 }
@@ -99,6 +104,36 @@ func auditVerify(ctx context.Context, cfg config.Config, stdout io.Writer) error
 	return nil
 }
 
+// auditPrune deletes the audit records older than before (default: the
+// configured retention), recording the prune, and verifies what is left.
+func auditPrune(ctx context.Context, cfg config.Config, beforeArg string, stdout io.Writer) error {
+	now := time.Now().UTC()
+	before := now.Add(-cfg.Audit.Retention)
+	switch {
+	case beforeArg != "":
+		t, err := time.Parse(time.RFC3339, beforeArg)
+		if err != nil {
+			if t, err = time.Parse(time.DateOnly, beforeArg); err != nil {
+				return errors.New("audit prune: -before must be a date (2020-01-31) or an RFC 3339 time")
+			}
+		}
+		before = t
+	case cfg.Audit.Retention <= 0:
+		return errors.New("audit prune: no retention is configured (audit.retention: 0 keeps every record); give -before DATE")
+	}
+	svc, st, err := newService(ctx, cfg, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	n, err := st.PruneAudit(ctx, before, audit.Record{Time: now, Agent: audit.Agent{ClientID: "cli", Role: "admin"}, Source: svc.Installation()})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "pruned %d records older than %s (the prune is recorded)\n", n, before.Format(time.RFC3339))
+	return auditVerify(ctx, cfg, stdout)
+}
+
 // clientCreate registers a client whose key kapfhir generates into the
 // data directory (for clinic IT and the walk-through: no JWT tooling
 // needed; `kapfhir token -client ID` then finds the key).
@@ -108,7 +143,7 @@ func clientCreate(ctx context.Context, cfg config.Config, log *slog.Logger, id, 
 		return err
 	}
 	defer st.Close()
-	acc, _, err := openAccess(ctx, cfg, st, issuerOf(cfg, cfg.Listen), svc.Installation(), log)
+	acc, _, err := openAccess(ctx, cfg, st, issuerOf(cfg, cfg.Listen), svc, log)
 	if err != nil {
 		return err
 	}

@@ -105,47 +105,104 @@ func appendAudit(ctx context.Context, d *Dialect, q Querier, recs []audit.Record
 	if err != nil {
 		return nil, fmt.Errorf("append audit: %w", err)
 	}
-	ins := d.Rebind(`INSERT INTO audit_events (` + auditCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	insKey := d.Rebind(`INSERT INTO audit_entities (ref, seq) VALUES (?, ?)`)
+	// One multi-row INSERT per table: statements are prepared per call,
+	// so a batch of records costs two statements, not one per row.
+	const cols = 18
+	rows := make([]any, 0, cols*len(out))
+	var keys []any
 	for i := range out {
 		r := out[i]
 		r.Seq = head.Seq + 1
 		r.ID = audit.IDFor(r.Seq)
-		if r.JSON, err = audit.Render(r); err != nil {
-			return nil, fmt.Errorf("append audit: %w", err)
-		}
 		r = audit.Seal(r, head.Hash)
-		entities, detail := "", ""
-		if len(r.Entities) > 0 {
-			b, err := json.Marshal(r.Entities)
-			if err != nil {
-				return nil, fmt.Errorf("append audit: encode entities: %w", err)
-			}
-			entities = string(b)
-		}
-		if len(r.Detail) > 0 {
-			b, err := json.Marshal(r.Detail)
-			if err != nil {
-				return nil, fmt.Errorf("append audit: encode detail: %w", err)
-			}
-			detail = string(b)
-		}
-		if _, err := q.Exec(ctx, ins, r.Seq, Micros(r.Time), string(r.Type), string(r.Subtype), string(r.Action), int64(r.Outcome), r.OutcomeDesc,
-			r.Agent.ClientID, r.Agent.Role, r.Agent.Address, r.PatientID, r.EndpointID, entities, detail, r.Source, r.JSON, r.PrevHash, r.Hash); err != nil {
+		entities, detail, err := encodeAudit(r)
+		if err != nil {
 			return nil, fmt.Errorf("append audit record %d: %w", r.Seq, err)
 		}
+		// The AuditEvent JSON is rendered when the record is first served
+		// (rendered), not here: every audited request waits for this.
+		rows = append(rows, r.Seq, Micros(r.Time), string(r.Type), string(r.Subtype), string(r.Action), int64(r.Outcome), r.OutcomeDesc,
+			r.Agent.ClientID, r.Agent.Role, r.Agent.Address, r.PatientID, r.EndpointID, entities, detail, r.Source, []byte{}, r.PrevHash, r.Hash)
 		for _, k := range r.Keys() {
-			if _, err := q.Exec(ctx, insKey, k, r.Seq); err != nil {
-				return nil, fmt.Errorf("append audit record %d: index: %w", r.Seq, err)
-			}
+			keys = append(keys, k, r.Seq)
 		}
 		out[i] = r
 		head = audit.Head{Seq: r.Seq, Hash: r.Hash}
+	}
+	if _, err := q.Exec(ctx, d.Rebind(`INSERT INTO audit_events (`+auditCols+`) VALUES `+placeholders(len(out), cols)), rows...); err != nil {
+		return nil, fmt.Errorf("append audit records %d-%d: %w", out[0].Seq, head.Seq, err)
+	}
+	if len(keys) > 0 {
+		if _, err := q.Exec(ctx, d.Rebind(`INSERT INTO audit_entities (ref, seq) VALUES `+placeholders(len(keys)/2, 2)), keys...); err != nil {
+			return nil, fmt.Errorf("append audit records %d-%d: index: %w", out[0].Seq, head.Seq, err)
+		}
 	}
 	if _, err := q.Exec(ctx, d.Rebind(`UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1`), head.Seq, head.Hash); err != nil {
 		return nil, fmt.Errorf("append audit: move head: %w", err)
 	}
 	return out, nil
+}
+
+// encodeAudit is a record's entities and detail columns (JSON; "" when empty).
+func encodeAudit(r audit.Record) (entities, detail string, err error) {
+	if len(r.Entities) > 0 {
+		b, err := json.Marshal(r.Entities)
+		if err != nil {
+			return "", "", fmt.Errorf("encode entities: %w", err)
+		}
+		entities = string(b)
+	}
+	if len(r.Detail) > 0 {
+		b, err := json.Marshal(r.Detail)
+		if err != nil {
+			return "", "", fmt.Errorf("encode detail: %w", err)
+		}
+		detail = string(b)
+	}
+	return entities, detail, nil
+}
+
+// placeholders is n rows of cols "?" placeholders: "(?, ?), (?, ?)".
+func placeholders(n, cols int) string {
+	row := "(" + strings.Repeat("?, ", cols-1) + "?)"
+	var b strings.Builder
+	b.Grow(n * (len(row) + 2))
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+	return b.String()
+}
+
+// rendered gives each record without its AuditEvent JSON its rendering and
+// keeps it (each record is rendered once, the first time it is served; a
+// concurrent reader rendering the same record writes the same bytes).
+func (s Security) rendered(ctx context.Context, recs []audit.Record) error {
+	var todo []int
+	for i := range recs {
+		if len(recs[i].JSON) == 0 {
+			js, err := audit.Render(recs[i])
+			if err != nil {
+				return fmt.Errorf("render audit record %d: %w", recs[i].Seq, err)
+			}
+			recs[i].JSON = js
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	upd := s.d.Rebind(`UPDATE audit_events SET json = ? WHERE seq = ? AND json = ?`)
+	return s.inTx(ctx, func(q Querier) error {
+		for _, i := range todo {
+			if _, err := q.Exec(ctx, upd, recs[i].JSON, recs[i].Seq, []byte{}); err != nil {
+				return fmt.Errorf("keep audit record %d's rendering: %w", recs[i].Seq, err)
+			}
+		}
+		return nil
+	})
 }
 
 // AppendAudit implements store.Audit.
@@ -238,6 +295,9 @@ func (s Security) AuditEvents(ctx context.Context, f audit.Filter) (audit.Page, 
 		page.Records = page.Records[:limit]
 		page.Next = page.Records[limit-1].Seq
 	}
+	if err := s.rendered(ctx, page.Records); err != nil {
+		return audit.Page{}, fmt.Errorf("list audit events: %w", err)
+	}
 	return page, nil
 }
 
@@ -257,7 +317,11 @@ func (s Security) AuditEvent(ctx context.Context, id string) (audit.Record, erro
 	if err != nil {
 		return audit.Record{}, fmt.Errorf("read audit event %s: %w", id, err)
 	}
-	return r, nil
+	recs := []audit.Record{r}
+	if err := s.rendered(ctx, recs); err != nil {
+		return audit.Record{}, fmt.Errorf("read audit event %s: %w", id, err)
+	}
+	return recs[0], nil
 }
 
 // VerifyAudit implements store.Audit: the head and the rows in one snapshot.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
@@ -131,7 +132,7 @@ func scanKey(r Row) (store.SigningKey, error) {
 }
 
 // PutSigningKey implements store.Security.
-func (s Security) PutSigningKey(ctx context.Context, k store.SigningKey) error {
+func (s Security) PutSigningKey(ctx context.Context, k store.SigningKey, recs ...audit.Record) error {
 	if k.KID == "" || k.Alg == "" || len(k.Private) == 0 {
 		return treatment.Errorf(treatment.KindInvalid, "a signing key needs a kid, an algorithm and its private key")
 	}
@@ -145,6 +146,10 @@ func (s Security) PutSigningKey(ctx context.Context, k store.SigningKey) error {
 		if s.d.unique(err) {
 			return treatment.Errorf(treatment.KindConflict, "signing key %q already exists", k.KID)
 		}
+		if err != nil {
+			return err
+		}
+		_, err = appendAudit(ctx, s.d, q, recs, false)
 		return err
 	})
 	if err != nil {
@@ -175,24 +180,65 @@ func (s Security) SigningKeys(ctx context.Context) ([]store.SigningKey, error) {
 }
 
 // RetireSigningKey implements store.Security.
-func (s Security) RetireSigningKey(ctx context.Context, kid string, at time.Time) error {
-	return s.inTx(ctx, func(q Querier) error {
+func (s Security) RetireSigningKey(ctx context.Context, kid string, at time.Time, recs ...audit.Record) (bool, error) {
+	done := false
+	err := s.inTx(ctx, func(q Querier) error {
 		var retired int64
 		err := q.QueryRow(ctx, s.d.Rebind(`SELECT retired FROM auth_signing_keys WHERE kid = ?`+s.d.LockRow), kid).Scan(&retired)
 		if s.d.noRows(err) {
 			return treatment.NotFound("signing key", kid)
 		}
 		if err != nil {
-			return fmt.Errorf("retire signing key %s: %w", kid, err)
+			return err
 		}
 		if retired != 0 {
 			return nil
 		}
 		if _, err := q.Exec(ctx, s.d.Rebind(`UPDATE auth_signing_keys SET retired = ? WHERE kid = ?`), Micros(at), kid); err != nil {
-			return fmt.Errorf("retire signing key %s: %w", kid, err)
+			return err
 		}
+		if _, err := appendAudit(ctx, s.d, q, recs, false); err != nil {
+			return err
+		}
+		done = true
 		return nil
 	})
+	if err != nil {
+		return false, fmt.Errorf("retire signing key %s: %w", kid, err)
+	}
+	return done, nil
+}
+
+// ResealSigningKey implements store.Security: the update applies only
+// while the stored bytes are still old.
+func (s Security) ResealSigningKey(ctx context.Context, kid string, old, private []byte, recs ...audit.Record) (bool, error) {
+	if len(private) == 0 {
+		return false, treatment.Errorf(treatment.KindInvalid, "a signing key needs its private key")
+	}
+	done := false
+	err := s.inTx(ctx, func(q Querier) error {
+		n, err := q.Exec(ctx, s.d.Rebind(`UPDATE auth_signing_keys SET private = ? WHERE kid = ? AND private = ?`), private, kid, old)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			var one int
+			err := q.QueryRow(ctx, s.d.Rebind(`SELECT 1 FROM auth_signing_keys WHERE kid = ?`), kid).Scan(&one)
+			if s.d.noRows(err) {
+				return treatment.NotFound("signing key", kid)
+			}
+			return err
+		}
+		if _, err := appendAudit(ctx, s.d, q, recs, false); err != nil {
+			return err
+		}
+		done = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("reseal signing key %s: %w", kid, err)
+	}
+	return done, nil
 }
 
 // ledgerPatient is the patient of a sync log line's resource (alias l):

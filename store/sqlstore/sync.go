@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
@@ -474,15 +475,23 @@ func event(it outbox.Item, action string, now time.Time, actor string) outbox.Ev
 		Version: it.WantVersion, Action: action, Actor: actor}
 }
 
-// Finish implements store.Sync.
+// Finish implements store.Sync: the result, its Provenance and its audit
+// records in one transaction.
 func (s Queue) Finish(ctx context.Context, r outbox.Result) error {
-	return s.inTx(ctx, func(q Querier) error { return finish(ctx, s.d, q, r) })
+	return s.inTx(ctx, func(q Querier) error {
+		if err := finish(ctx, s.d, q, r); err != nil {
+			return err
+		}
+		return recordSent(ctx, s.d, q, []outbox.Result{r})
+	})
 }
 
-// FinishBatch implements store.Sync.
+// FinishBatch implements store.Sync: every result, with the Provenance and
+// audit records of those applied, in one transaction.
 func (s Queue) FinishBatch(ctx context.Context, rs []outbox.Result) ([]error, error) {
 	errs := make([]error, len(rs))
 	err := s.inTx(ctx, func(q Querier) error {
+		applied := make([]outbox.Result, 0, len(rs))
 		for i, r := range rs {
 			err := finish(ctx, s.d, q, r)
 			if treatment.ErrorKind(err) == treatment.KindConflict {
@@ -492,13 +501,46 @@ func (s Queue) FinishBatch(ctx context.Context, rs []outbox.Result) ([]error, er
 			if err != nil {
 				return err
 			}
+			applied = append(applied, r)
 		}
-		return nil
+		return recordSent(ctx, s.d, q, applied)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return errs, nil
+}
+
+// recordSent stores the Provenance of each applied result (see
+// outbox.Result) and appends all their audit records in one append, last
+// in the transaction: the chain's head stays locked until the commit.
+func recordSent(ctx context.Context, d *Dialect, q Querier, rs []outbox.Result) error {
+	w := NewWriter(d, q)
+	var recs []audit.Record
+	for _, r := range rs {
+		recs = append(recs, r.Audit...)
+		p := r.Provenance
+		if p == nil {
+			continue
+		}
+		if r.Outcome != outbox.Sent {
+			return treatment.Errorf(treatment.KindInvalid, "sync item %d: a Provenance comes only with a sent result, not %s", r.ItemID, r.Outcome)
+		}
+		cur, _, err := w.CurrentVersion(ctx, p.Version.Type, p.Version.ID)
+		if err != nil {
+			return fmt.Errorf("sync item %d: %w", r.ItemID, err)
+		}
+		if cur > 0 {
+			continue // this version was sent to this endpoint before
+		}
+		if err := w.PutVersion(ctx, *p); err != nil {
+			return fmt.Errorf("sync item %d: store its Provenance: %w", r.ItemID, err)
+		}
+	}
+	if _, err := appendAudit(ctx, d, q, recs, false); err != nil {
+		return fmt.Errorf("audit the sync results: %w", err)
+	}
+	return nil
 }
 
 // finish applies one result inside a transaction. A conflict is reported

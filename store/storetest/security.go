@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -132,24 +133,32 @@ func testAuditAppend(t *testing.T, s store.Store) {
 	if len(r.Hash) != audit.HashSize {
 		t.Errorf("hash has %d bytes, want %d", len(r.Hash), audit.HashSize)
 	}
-	// The stored JSON is a valid AuditEvent with the record's id.
-	if err := fhirjson.Validate(r.JSON); err != nil {
-		t.Errorf("stored JSON does not validate: %v\n%s", err, r.JSON)
-	}
-	var head struct {
-		ResourceType, ID string
-	}
-	if err := json.Unmarshal(r.JSON, &head); err != nil || head.ResourceType != "AuditEvent" || head.ID != "ae-1" {
-		t.Errorf("stored JSON is %s/%s (%v), want AuditEvent/ae-1", head.ResourceType, head.ID, err)
+	// Appending renders nothing: the record is rendered when first served.
+	if len(r.JSON) != 0 {
+		t.Errorf("appended record has JSON %q; it is rendered when first read", r.JSON)
 	}
 
-	// Read back by id: exactly what was returned.
+	// Read back by id: what was returned, with its rendering, a valid
+	// AuditEvent with the record's id, kept for the next read.
 	back, err := s.AuditEvent(ctx, "ae-1")
 	if err != nil {
 		t.Fatalf("AuditEvent: %v", err)
 	}
-	if diff := cmp.Diff(r, back); diff != "" {
+	if diff := cmp.Diff(r, back, cmpopts.IgnoreFields(audit.Record{}, "JSON")); diff != "" {
 		t.Errorf("AuditEvent(ae-1) (-want +got):\n%s", diff)
+	}
+	if err := fhirjson.Validate(back.JSON); err != nil {
+		t.Errorf("rendered JSON does not validate: %v\n%s", err, back.JSON)
+	}
+	var head struct {
+		ResourceType, ID string
+	}
+	if err := json.Unmarshal(back.JSON, &head); err != nil || head.ResourceType != "AuditEvent" || head.ID != "ae-1" {
+		t.Errorf("rendered JSON is %s/%s (%v), want AuditEvent/ae-1", head.ResourceType, head.ID, err)
+	}
+	again := events(t, s, audit.Filter{})
+	if len(again.Records) != 1 || !bytes.Equal(again.Records[0].JSON, back.JSON) {
+		t.Errorf("listed again: %d records, not the kept rendering", len(again.Records))
 	}
 	for _, id := range []string{"ae-2", "ae-0", "ae-01", "1", "", "ae-x"} {
 		_, err := s.AuditEvent(ctx, id)
@@ -293,9 +302,6 @@ func testAuditChain(t *testing.T, s store.Store) {
 		if r.Seq != int64(i+1) {
 			t.Fatalf("record %d has seq %d", i+1, r.Seq)
 		}
-		if err := fhirjson.Validate(r.JSON); err != nil {
-			t.Errorf("record %d (%s) does not validate: %v\n%s", r.Seq, r.Subtype, err, r.JSON)
-		}
 		if i > 0 && !slices.Equal(r.PrevHash, all[i-1].Hash) {
 			t.Errorf("record %d does not link to %d", r.Seq, r.Seq-1)
 		}
@@ -305,11 +311,18 @@ func testAuditChain(t *testing.T, s store.Store) {
 	if want := hex.EncodeToString(all[n-1].Hash); rep.Head != want {
 		t.Errorf("Head = %s, want the last hash %s", rep.Head, want)
 	}
-	// What is listed is what was appended.
+	// What is listed is what was appended, each rendered as a valid AuditEvent.
 	p := events(t, s, audit.Filter{Oldest: true, Limit: 1000})
-	if diff := cmp.Diff(all, p.Records, cmpopts.EquateEmpty()); diff != "" {
+	if diff := cmp.Diff(all, p.Records, cmpopts.EquateEmpty(), cmpopts.IgnoreFields(audit.Record{}, "JSON")); diff != "" {
 		t.Errorf("AuditEvents (-want +got):\n%s", diff)
 	}
+	for _, r := range p.Records {
+		if err := fhirjson.Validate(r.JSON); err != nil {
+			t.Errorf("record %d (%s) does not validate: %v\n%s", r.Seq, r.Subtype, err, r.JSON)
+		}
+	}
+	// The kept renderings are checked too.
+	wantIntact(t, s, len(all), 1, n)
 }
 
 func testAuditConcurrent(t *testing.T, s store.Store) {
@@ -631,32 +644,64 @@ func useJTI(t *testing.T, a, b store.Store) {
 
 func testSigningKeys(t *testing.T, s store.Store) {
 	ctx := t.Context()
+	rec := func(kid, change string) audit.Record {
+		return audit.Record{Time: aat(0), Subtype: audit.KeyChange, Outcome: audit.Success, Agent: audit.Agent{ClientID: "operator", Role: "admin"},
+			Entities: []audit.Entity{{Identifier: "key:" + kid}}, Detail: map[string]string{"change": change}, Source: auditSource}
+	}
 	k1 := store.SigningKey{KID: "k1", Alg: "ES384", Private: []byte("sealed-1"), Public: []byte(`{"kty":"EC"}`), Created: aat(0)}
 	k2 := store.SigningKey{KID: "k2", Alg: "RS384", Private: []byte("sealed-2"), Created: aat(time.Hour)}
 	for _, k := range []store.SigningKey{k1, k2} {
-		if err := s.PutSigningKey(ctx, k); err != nil {
+		if err := s.PutSigningKey(ctx, k, rec(k.KID, "created")); err != nil {
 			t.Fatalf("PutSigningKey(%s): %v", k.KID, err)
 		}
 	}
-	wantKind(t, "duplicate kid", s.PutSigningKey(ctx, k1), treatment.KindConflict)
+	wantKind(t, "duplicate kid", s.PutSigningKey(ctx, k1, rec(k1.KID, "created")), treatment.KindConflict)
 	wantKind(t, "no private key", s.PutSigningKey(ctx, store.SigningKey{KID: "k3", Alg: "ES384"}), treatment.KindInvalid)
+	// A record that cannot be appended takes the key with it.
+	bad := rec("k3", "created")
+	bad.Subtype = audit.Prune
+	if err := s.PutSigningKey(ctx, store.SigningKey{KID: "k3", Alg: "ES384", Private: []byte("sealed-3"), Created: aat(0)}, bad); err == nil {
+		t.Error("PutSigningKey with an invalid audit record succeeded")
+	}
 
-	if err := s.RetireSigningKey(ctx, "k1", aat(2*time.Hour)); err != nil {
-		t.Fatalf("RetireSigningKey: %v", err)
+	if done, err := s.RetireSigningKey(ctx, "k1", aat(2*time.Hour), rec("k1", "retired")); err != nil || !done {
+		t.Fatalf("RetireSigningKey = %v, %v; want done", done, err)
 	}
-	// Retiring again keeps the first time.
-	if err := s.RetireSigningKey(ctx, "k1", aat(3*time.Hour)); err != nil {
-		t.Fatalf("RetireSigningKey again: %v", err)
+	// Retiring again keeps the first time and records nothing.
+	if done, err := s.RetireSigningKey(ctx, "k1", aat(3*time.Hour), rec("k1", "retired")); err != nil || done {
+		t.Fatalf("RetireSigningKey again = %v, %v; want nothing done", done, err)
 	}
-	wantKind(t, "retire unknown", s.RetireSigningKey(ctx, "k9", aat(0)), treatment.KindNotFound)
+	_, err := s.RetireSigningKey(ctx, "k9", aat(0), rec("k9", "retired"))
+	wantKind(t, "retire unknown", err, treatment.KindNotFound)
+
+	// Resealing replaces the bytes only while they are the ones the caller read.
+	if done, err := s.ResealSigningKey(ctx, "k2", []byte("sealed-2"), []byte("resealed-2"), rec("k2", "sealed")); err != nil || !done {
+		t.Fatalf("ResealSigningKey = %v, %v; want done", done, err)
+	}
+	if done, err := s.ResealSigningKey(ctx, "k2", []byte("sealed-2"), []byte("other"), rec("k2", "sealed")); err != nil || done {
+		t.Fatalf("ResealSigningKey of replaced bytes = %v, %v; want nothing done", done, err)
+	}
+	_, err = s.ResealSigningKey(ctx, "k9", []byte("x"), []byte("y"), rec("k9", "sealed"))
+	wantKind(t, "reseal unknown", err, treatment.KindNotFound)
+
 	got, err := s.SigningKeys(ctx)
 	if err != nil {
 		t.Fatalf("SigningKeys: %v", err)
 	}
 	k1.Retired = aat(2 * time.Hour)
+	k2.Private = []byte("resealed-2")
 	if diff := cmp.Diff([]store.SigningKey{k2, k1}, got); diff != "" {
 		t.Errorf("SigningKeys (-want +got):\n%s", diff)
 	}
+	// The chain holds the changes made, once each, and verifies.
+	var changes []string
+	for _, r := range events(t, s, audit.Filter{Subtypes: []audit.Subtype{audit.KeyChange}, Oldest: true}).Records {
+		changes = append(changes, r.Entities[0].Identifier+" "+r.Detail["change"])
+	}
+	if diff := cmp.Diff([]string{"key:k1 created", "key:k2 created", "key:k1 retired", "key:k2 sealed"}, changes); diff != "" {
+		t.Errorf("key change records (-want +got):\n%s", diff)
+	}
+	wantIntact(t, s, 4, 1, 4)
 }
 
 func testSyncLedger(t *testing.T, s store.Store) {
@@ -780,6 +825,7 @@ func RunTamper(t *testing.T, open func(t *testing.T) (store.Store, Exec)) {
 		{"patient altered", []string{`UPDATE audit_events SET patient_id = 'someone-else' WHERE seq = 5`}, 5},
 		{"entities altered", []string{`UPDATE audit_events SET entities = '[{"ref":"CarePlan/x","role":"4"}]' WHERE seq = 3`}, 3},
 		{"entities garbled", []string{`UPDATE audit_events SET entities = '[{' WHERE seq = 3`}, 3},
+		{"kept rendering altered", []string{`UPDATE audit_events SET json = (SELECT json FROM audit_events WHERE seq = 2) WHERE seq = 5`}, 5},
 		{"middle row deleted", []string{`DELETE FROM audit_events WHERE seq = 4`}, 4},
 		{"first row deleted", []string{`DELETE FROM audit_events WHERE seq = 1`}, 1},
 		{"last row deleted", []string{`DELETE FROM audit_events WHERE seq = 8`}, 8},
@@ -800,6 +846,7 @@ func RunTamper(t *testing.T, open func(t *testing.T) (store.Store, Exec)) {
 			for i := range 8 {
 				appendAudit(t, s, readRec(i, "app-1", "pat-"+strconv.Itoa(i), aat(time.Duration(i)*time.Minute)))
 			}
+			events(t, s, audit.Filter{Limit: 100}) // served once: renderings kept
 			wantIntact(t, s, 8, 1, 8)
 			for _, q := range tt.sql {
 				if err := exec(t.Context(), q); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
@@ -33,6 +34,7 @@ var syncTests = []struct {
 	{"SyncLeaseRenew", testSyncLeaseRenew},
 	{"SyncFinishBatch", testSyncFinishBatch},
 	{"SyncFinish", testSyncFinish},
+	{"SyncFinishRecords", testSyncFinishRecords},
 	{"SyncNewVersionInFlight", testSyncNewVersionInFlight},
 	{"SyncRetryTiming", testSyncRetryTiming},
 	{"SyncConcurrentLease", testSyncConcurrentLease},
@@ -595,6 +597,109 @@ func testSyncFinish(t *testing.T, s store.Store) {
 			t.Errorf("state, attempts, error, outcome, status (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// writeRec is the outbound-write audit record of Goal/<res> version 1 at ep.
+func writeRec(ep, res string, outcome audit.Outcome, status string) audit.Record {
+	return audit.Record{
+		Time: at(2 * time.Second), Subtype: audit.OutboundWrite, Outcome: outcome, Agent: audit.System,
+		PatientID: "p1", EndpointID: ep, Entities: []audit.Entity{{Ref: "Goal/" + res + "/_history/1"}},
+		Detail: map[string]string{"status": status}, Source: auditSource,
+	}
+}
+
+// provenanceOf is a Provenance of Goal/<res> version 1 sent to ep; mark
+// tells apart two renderings of it.
+func provenanceOf(ep, res, mark string) *resource.Write {
+	f := fixture{typ: "Provenance", id: "prov-" + ep + "-" + res, lastUpdated: at(2 * time.Second),
+		refs: []resource.Ref{{Param: "target", Target: "Goal/" + res}}}
+	w := f.write(1)
+	w.Version.JSON = append(w.Version.JSON, mark...)
+	return &w
+}
+
+// A finish writes the audit records and the Provenance its results carry,
+// in its own transaction: those of a result whose lease was lost are not
+// written, a Provenance already stored is kept, and a bad record rolls the
+// whole finish back.
+func testSyncFinishRecords(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	addEndpoint(t, s, "ehr")
+	enqueue(t, s, at(0), work("ehr", "Goal", "g1", "p1", 1), work("ehr", "Goal", "g2", "p1", 1), work("ehr", "Goal", "g3", "p1", 1))
+	bs := lease(t, s, outbox.Lease{EndpointID: "ehr", Owner: "A", MaxPatients: 1, Now: at(time.Second), For: time.Minute})
+	if len(bs) != 1 || len(bs[0].Items) != 3 {
+		t.Fatalf("lease: %v", batchKeys(bs))
+	}
+	g1, g2, g3 := bs[0].Items[0].ID, bs[0].Items[1].ID, bs[0].Items[2].ID
+	finish(t, s, outbox.Result{ItemID: g3, Owner: "A", Outcome: outbox.Release, Now: at(time.Second)})
+
+	// A bad audit record (no source) fails the finish: nothing is written.
+	bad := writeRec("ehr", "g1", audit.Success, "201")
+	bad.Source = ""
+	if _, err := s.FinishBatch(ctx, []outbox.Result{{ItemID: g1, Owner: "A", Outcome: outbox.Sent, SentVersion: 1, Now: at(2 * time.Second),
+		Audit: []audit.Record{bad}, Provenance: provenanceOf("ehr", "g1", "bad")}}); err == nil {
+		t.Fatal("FinishBatch with an invalid audit record succeeded")
+	}
+	if it, err := s.Item(ctx, g1); err != nil || it.State != outbox.InFlight {
+		t.Errorf("after a failed finish: %v, %+v; want the item still in flight", err, it)
+	}
+	_, err := s.Read(ctx, "Provenance", "prov-ehr-g1")
+	wantKind(t, "the Provenance of a failed finish", err, treatment.KindNotFound)
+	// A Provenance comes only with a sent result.
+	_, err = s.FinishBatch(ctx, []outbox.Result{{ItemID: g2, Owner: "A", Outcome: outbox.Reject, Status: 422, Now: at(2 * time.Second),
+		Provenance: provenanceOf("ehr", "g2", "")}})
+	wantKind(t, "a Provenance with a dead result", err, treatment.KindInvalid)
+
+	errs, err := s.FinishBatch(ctx, []outbox.Result{
+		{ItemID: g1, Owner: "A", Outcome: outbox.Sent, SentVersion: 1, Status: 201, Now: at(2 * time.Second),
+			Audit: []audit.Record{writeRec("ehr", "g1", audit.Success, "201")}, Provenance: provenanceOf("ehr", "g1", " first")},
+		{ItemID: g2, Owner: "A", Outcome: outbox.Reject, Status: 422, Error: "rejected", Now: at(2 * time.Second),
+			Audit: []audit.Record{writeRec("ehr", "g2", audit.SeriousFailure, "422")}},
+		{ItemID: g3, Owner: "A", Outcome: outbox.Sent, SentVersion: 1, Status: 200, Now: at(2 * time.Second),
+			Audit: []audit.Record{writeRec("ehr", "g3", audit.Success, "200")}, Provenance: provenanceOf("ehr", "g3", "")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantKind(t, "FinishBatch of an item not leased", errs[2], treatment.KindConflict)
+	page := events(t, s, audit.Filter{EndpointID: "ehr", Subtypes: []audit.Subtype{audit.OutboundWrite}, Oldest: true})
+	var got []string
+	for _, r := range page.Records {
+		got = append(got, fmt.Sprintf("%s %s %d %s", r.PatientID, r.Entities[0].Ref, r.Outcome, r.Detail["status"]))
+	}
+	want := []string{"p1 Goal/g1/_history/1 0 201", "p1 Goal/g2/_history/1 8 422"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outbound-write records (-want +got):\n%s", diff)
+	}
+	wantIntact(t, s, 2, 1, 2)
+	if v, err := s.Read(ctx, "Provenance", "prov-ehr-g1"); err != nil || !strings.HasSuffix(string(v.JSON), " first") {
+		t.Errorf("Provenance of g1: %v %q", err, v.JSON)
+	}
+	_, err = s.Read(ctx, "Provenance", "prov-ehr-g3")
+	wantKind(t, "the Provenance of a lost lease", err, treatment.KindNotFound)
+	ids, _ := search(t, s, resource.Query{Type: "Provenance", Refs: []resource.RefFilter{{Param: "target", Targets: []string{"Goal/g1"}}}, Count: 10})
+	if diff := cmp.Diff([]string{"prov-ehr-g1"}, ids); diff != "" {
+		t.Errorf("Provenance?target=Goal/g1 (-want +got):\n%s", diff)
+	}
+
+	// The same version sent again (a replay) is audited again; its
+	// Provenance stays the first one.
+	if err := s.Replay(ctx, g1, "op", at(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	bs = lease(t, s, outbox.Lease{EndpointID: "ehr", Owner: "B", MaxPatients: 1, Now: at(4 * time.Second), For: time.Minute})
+	if len(bs) != 1 {
+		t.Fatalf("lease after the replay: %v", batchKeys(bs))
+	}
+	again := writeRec("ehr", "g1", audit.Success, "200")
+	if err := s.Finish(ctx, outbox.Result{ItemID: g1, Owner: "B", Outcome: outbox.Sent, SentVersion: 1, Status: 200, Now: at(5 * time.Second),
+		Audit: []audit.Record{again}, Provenance: provenanceOf("ehr", "g1", " second")}); err != nil {
+		t.Fatal(err)
+	}
+	if vs, err := s.History(ctx, "Provenance", "prov-ehr-g1"); err != nil || len(vs) != 1 || !strings.HasSuffix(string(vs[0].JSON), " first") {
+		t.Errorf("Provenance of g1 after a second send: %v, %d versions", err, len(vs))
+	}
+	wantIntact(t, s, 3, 1, 3)
 }
 
 func testSyncNewVersionInFlight(t *testing.T, s store.Store) {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kapfhir/kapfhir/test/ehrtest"
+	"github.com/kapfhir/kapfhir/test/fhirvalidate"
 )
 
 const (
@@ -225,6 +226,7 @@ func TestSyncToEHR(t *testing.T) {
 	}
 	n := checkEHR(t, s, in)
 	t.Logf("%d resources synced", n)
+	sent := checkSentRecords(t, in, n)
 
 	// A second full sync sends nothing: every body hashes as last sent.
 	before := writes(s.ehr.Counters(t))
@@ -232,6 +234,9 @@ func TestSyncToEHR(t *testing.T) {
 	drain(t, in)
 	if after := writes(s.ehr.Counters(t)); after != before {
 		t.Errorf("a second full sync wrote %d times", after-before)
+	}
+	if got := count(t, in, "/fhir/AuditEvent?subtype=outbound-write&_count=1000"); got != sent {
+		t.Errorf("a second full sync recorded %d outbound writes", got-sent)
 	}
 
 	t.Run("faults", func(t *testing.T) {
@@ -376,6 +381,16 @@ func TestSyncToEHR(t *testing.T) {
 		if got := in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/pull", nil, 200); got["applied"].(float64) != 0 {
 			t.Errorf("second pull applied %v changes", got)
 		}
+		// Each poll is in the audit trail, the one that applied the
+		// cancellation among them.
+		polls := in.do(t, "GET", "/fhir/AuditEvent?subtype=inbound-poll&agent="+url.QueryEscape("https://kapfhir.org/fhir/sid/endpoint|"+endpointID)+"&_count=100", nil)
+		var pb bundle
+		if err := json.Unmarshal(polls.body, &pb); err != nil || polls.status != 200 || len(pb.Entry) < 2 {
+			t.Fatalf("inbound-poll AuditEvents: %d %v, %d entries", polls.status, err, len(pb.Entry))
+		}
+		if !strings.Contains(string(polls.body), `{"type":"applied","valueString":"1"}`) {
+			t.Errorf("no inbound-poll record shows the change applied: %s", polls.body)
+		}
 	})
 	t.Run("endpoint administration", func(t *testing.T) {
 		bad := in.do(t, "POST", "/api/v1/endpoints", map[string]any{
@@ -468,6 +483,88 @@ func TestSyncToEHR(t *testing.T) {
 	if out := cli("sync", "reconcile", "-endpoint", endpointID); !strings.Contains(out, " 0 missing, 0 drifted, 0 duplicated, 0 unknown") {
 		t.Errorf("reconcile after the repair:\n%s", out)
 	}
+}
+
+// total is the total of a search answered with a Bundle.
+func total(t *testing.T, in *instance, path string) int {
+	t.Helper()
+	res := in.do(t, "GET", path, nil)
+	var b bundle
+	if err := json.Unmarshal(res.body, &b); err != nil || res.status != 200 {
+		t.Fatalf("GET %s: %d %v %s", path, res.status, err, res.body)
+	}
+	return b.Total
+}
+
+// count counts the entries of a search, page by page (AuditEvent searches
+// have no total).
+func count(t *testing.T, in *instance, path string) int {
+	t.Helper()
+	n := 0
+	for path != "" {
+		res := in.do(t, "GET", path, nil)
+		var b bundle
+		if err := json.Unmarshal(res.body, &b); err != nil || res.status != 200 {
+			t.Fatalf("GET %s: %d %v %s", path, res.status, err, res.body)
+		}
+		n += len(b.Entry)
+		path = ""
+		for _, l := range b.Link {
+			if l.Relation == "next" {
+				path = l.URL
+			}
+		}
+	}
+	return n
+}
+
+// checkSentRecords checks, as an auditor, what kapfhir recorded of a sync
+// that sent n resources: at least one outbound-write AuditEvent and one
+// Provenance per resource, found by target, valid FHIR. It returns the
+// number of outbound-write AuditEvents.
+func checkSentRecords(t *testing.T, in *instance, n int) int {
+	t.Helper()
+	writes := count(t, in, "/fhir/AuditEvent?subtype=outbound-write&_count=1000")
+	if writes < n {
+		t.Errorf("%d outbound-write AuditEvents for %d resources sent", writes, n)
+	}
+	if provs := total(t, in, "/fhir/Provenance?_summary=count"); provs < n {
+		t.Errorf("%d Provenances for %d resources sent", provs, n)
+	}
+	var plan string
+	for _, k := range ours(t, in) {
+		if strings.HasPrefix(k, "CarePlan/") {
+			plan = k
+			break
+		}
+	}
+	res := in.do(t, "GET", "/fhir/Provenance?target="+plan, nil)
+	var b bundle
+	if err := json.Unmarshal(res.body, &b); err != nil || res.status != 200 || len(b.Entry) == 0 {
+		t.Fatalf("Provenance?target=%s: %d %v %s", plan, res.status, err, res.body)
+	}
+	var docs [][]byte
+	for _, e := range b.Entry {
+		var p struct {
+			Target []struct{ Reference string } `json:"target"`
+		}
+		if err := json.Unmarshal(e.Resource, &p); err != nil || len(p.Target) == 0 || !strings.HasPrefix(p.Target[0].Reference, plan+"/_history/") {
+			t.Errorf("Provenance of %s targets %v", plan, p.Target)
+		}
+		docs = append(docs, e.Resource)
+	}
+	entity := in.do(t, "GET", "/fhir/AuditEvent?subtype=outbound-write&entity="+plan, nil)
+	var eb bundle
+	if err := json.Unmarshal(entity.body, &eb); err != nil || entity.status != 200 || len(eb.Entry) == 0 {
+		t.Errorf("AuditEvent?subtype=outbound-write&entity=%s: %d %v, %d entries", plan, entity.status, err, len(eb.Entry))
+	}
+	t.Run("Provenance is valid FHIR", func(t *testing.T) {
+		fhirvalidate.Require(t)
+		if err := fhirvalidate.Validate(t.Context(), docs); err != nil {
+			t.Errorf("independent FHIR validator: %v", err)
+		}
+	})
+	return writes
 }
 
 // patientRef returns the id in the first participant's Patient reference.
