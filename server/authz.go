@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -193,7 +194,13 @@ func outcomeOf(status int) audit.Outcome {
 func auditedRead(c echo.Context, next echo.HandlerFunc, rec Recorder, ev audit.Record) error {
 	res := c.Response()
 	orig := res.Writer
-	held := &heldResponse{header: orig.Header()}
+	held := &heldResponse{header: orig.Header(), body: heldBodies.Get().(*bytes.Buffer)}
+	defer func() {
+		if held.body.Cap() <= maxPooledBody {
+			held.body.Reset()
+			heldBodies.Put(held.body)
+		}
+	}()
 	res.Writer = held
 	err := func() (err error) {
 		defer func() {
@@ -250,8 +257,14 @@ func audited(c echo.Context, next echo.HandlerFunc, r route, rec Recorder, ev au
 type heldResponse struct {
 	header http.Header
 	code   int
-	body   bytes.Buffer
+	body   *bytes.Buffer
 }
+
+// heldBodies keeps the buffers of held responses for reuse; one larger
+// than maxPooledBody (a big search page) is left to the collector.
+var heldBodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledBody = 256 << 10
 
 func (h *heldResponse) Header() http.Header         { return h.header }
 func (h *heldResponse) Write(b []byte) (int, error) { return h.body.Write(b) }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/store"
@@ -163,5 +164,35 @@ func BenchmarkBackfill(b *testing.B) {
 	links, err := db.Links(ctx, e.ID, []resource.Key{{Type: "Appointment", ID: "appt-0500-42"}})
 	if err != nil || links[resource.Key{Type: "Appointment", ID: "appt-0500-42"}].PatientID != "pat-0500" {
 		b.Fatalf("Links = %+v, %v; want the appointment of pat-0500", links, err)
+	}
+}
+
+// BenchmarkAppendAudit appends audit records in batches of the sizes group
+// commit makes (one record per audited read): the time per batch is what
+// a read waits for before it is answered.
+func BenchmarkAppendAudit(b *testing.B) {
+	for _, n := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("batch-%d", n), func(b *testing.B) {
+			db, err := sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "k.db"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			if _, err := db.Migrate(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+			recs := make([]audit.Record, n)
+			for i := range recs {
+				recs[i] = audit.Record{Time: time.Now(), Subtype: audit.Read, Source: "urn:uuid:bench", PatientID: "pat-1",
+					Agent: audit.Agent{ClientID: "test-ehr", Role: "ehr", Address: "127.0.0.1"}, Entities: []audit.Entity{{Ref: "CarePlan/cp-1"}}}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := db.AppendAudit(b.Context(), recs...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "us/record")
+		})
 	}
 }

@@ -133,3 +133,101 @@ func (c *stmtCache) Query(ctx context.Context, query string, args ...any) (sqlst
 	}
 	return sqlRows{rows}, nil
 }
+
+// writerStmts caches the writer's prepared statements. A statement cannot
+// be prepared inside a transaction on the writer pool (the transaction
+// holds its one connection), so a statement run unprepared in one
+// transaction is prepared before the next begins, and no lock is held
+// while preparing (a transaction may be asking for a statement meanwhile).
+type writerStmts struct {
+	db *sql.DB
+
+	mu      sync.Mutex
+	stmts   map[string]*sql.Stmt
+	pending map[string]bool
+}
+
+// prepared returns the statement for query, or nil (noting query, so
+// that it is prepared before the next transaction).
+func (w *writerStmts) prepared(query string) *sql.Stmt {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s, ok := w.stmts[query]; ok || len(w.stmts)+len(w.pending) >= maxCachedStmts {
+		return s
+	}
+	if w.pending == nil {
+		w.pending = map[string]bool{}
+	}
+	w.pending[query] = true
+	return nil
+}
+
+// prepare prepares the pending statements. Call it outside a transaction.
+// A statement that fails to prepare is run unprepared, as before.
+func (w *writerStmts) prepare(ctx context.Context) {
+	w.mu.Lock()
+	pending := w.pending
+	w.pending = nil
+	w.mu.Unlock()
+	for q := range pending {
+		s, err := w.db.PrepareContext(ctx, q)
+		if err != nil {
+			continue
+		}
+		w.mu.Lock()
+		if _, dup := w.stmts[q]; dup {
+			s.Close() // prepared meanwhile by another caller
+		} else {
+			w.stmts[q] = s
+		}
+		w.mu.Unlock()
+	}
+}
+
+func (w *writerStmts) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, s := range w.stmts {
+		s.Close()
+	}
+	w.stmts = map[string]*sql.Stmt{}
+}
+
+// txQuerier is a transaction's querier: prepared statements where the
+// writer has them.
+type txQuerier struct {
+	tx    *sql.Tx
+	stmts *writerStmts
+}
+
+func (q txQuerier) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	s := q.stmts.prepared(query)
+	if s == nil {
+		return querier{q.tx}.Exec(ctx, query, args...)
+	}
+	res, err := q.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (q txQuerier) QueryRow(ctx context.Context, query string, args ...any) sqlstore.Row {
+	s := q.stmts.prepared(query)
+	if s == nil {
+		return q.tx.QueryRowContext(ctx, query, args...)
+	}
+	return q.tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)
+}
+
+func (q txQuerier) Query(ctx context.Context, query string, args ...any) (sqlstore.Rows, error) {
+	s := q.stmts.prepared(query)
+	if s == nil {
+		return querier{q.tx}.Query(ctx, query, args...)
+	}
+	rows, err := q.tx.StmtContext(ctx, s).QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rows}, nil
+}

@@ -41,6 +41,10 @@ type DB struct {
 	write *sql.DB // exactly one connection: all writes and transactions
 	read  *sql.DB // query-only pool
 	stmts *stmtCache
+	// txStmts are the writer's prepared statements: prepared between
+	// transactions (a transaction holds the one connection) and run in
+	// them, so a write repeated in every transaction is parsed once.
+	txStmts *writerStmts
 }
 
 var _ store.Store = (*DB)(nil)
@@ -54,11 +58,13 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open sqlite: create directory: %w", err)
 	}
-	// mmap_size lets readers use the OS page cache directly instead of a
-	// read syscall per page; cache_size (negative: KiB) keeps hot pages per
-	// connection.
+	// cache_size (negative: KiB) keeps hot pages per connection. No mmap:
+	// every audited read is followed by a write, and a reader whose
+	// snapshot follows a write unmaps and remaps the whole mapping (SQLite
+	// resets a connection's pager when the WAL changed), which cost more
+	// than the read syscalls it saves (measured in docs/PERFORMANCE.md).
 	common := "_pragma=busy_timeout(" + strconv.Itoa(busyTimeoutMS) + ")&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)" +
-		"&_pragma=mmap_size(1073741824)&_pragma=cache_size(-16384)"
+		"&_pragma=mmap_size(0)&_pragma=cache_size(-16384)"
 	write, err := sql.Open("sqlite", "file:"+path+"?"+common+"&_pragma=journal_mode(WAL)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite writer: %w", err)
@@ -85,7 +91,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		read.Close()
 		return nil, fmt.Errorf("open sqlite readers: %w", err)
 	}
-	db := &DB{path: path, write: write, read: read, stmts: newStmtCache(read)}
+	db := &DB{path: path, write: write, read: read, stmts: newStmtCache(read), txStmts: &writerStmts{db: write, stmts: map[string]*sql.Stmt{}}}
 	db.Reader = sqlstore.NewReader(dialect, db.stmts, db.snapshot)
 	db.Queue = sqlstore.NewQueue(dialect, db.stmts, db.snapshot, db.tx)
 	db.Security = sqlstore.NewSecurity(dialect, db.stmts, db.snapshot, db.tx)
@@ -95,6 +101,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 // Close closes the reader pool and the writer.
 func (db *DB) Close() error {
 	db.stmts.close()
+	db.txStmts.close()
 	return errors.Join(db.read.Close(), db.write.Close())
 }
 
@@ -149,12 +156,13 @@ func (db *DB) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
 
 // tx runs fn in one IMMEDIATE transaction on the writer connection (see InTx).
 func (db *DB) tx(ctx context.Context, fn func(q sqlstore.Querier) error) error {
+	db.txStmts.prepare(ctx)
 	sqlTx, err := db.write.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
 	return sqlstore.RunTx(
-		func() error { return fn(querier{sqlTx}) },
+		func() error { return fn(txQuerier{tx: sqlTx, stmts: db.txStmts}) },
 		func() error {
 			if err := sqlTx.Commit(); err != nil {
 				return fmt.Errorf("commit: %w", err)

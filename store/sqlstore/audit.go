@@ -105,8 +105,8 @@ func appendAudit(ctx context.Context, d *Dialect, q Querier, recs []audit.Record
 	if err != nil {
 		return nil, fmt.Errorf("append audit: %w", err)
 	}
-	// One multi-row INSERT per table: statements are prepared per call,
-	// so a batch of records costs two statements, not one per row.
+	// Multi-row INSERTs, in chunks of a power of two rows: few statements
+	// per batch, and few distinct ones (a store may keep them prepared).
 	const cols = 18
 	rows := make([]any, 0, cols*len(out))
 	var keys []any
@@ -129,13 +129,11 @@ func appendAudit(ctx context.Context, d *Dialect, q Querier, recs []audit.Record
 		out[i] = r
 		head = audit.Head{Seq: r.Seq, Hash: r.Hash}
 	}
-	if _, err := q.Exec(ctx, d.Rebind(`INSERT INTO audit_events (`+auditCols+`) VALUES `+placeholders(len(out), cols)), rows...); err != nil {
+	if err := insertRows(ctx, d, q, `INSERT INTO audit_events (`+auditCols+`) VALUES `, cols, rows); err != nil {
 		return nil, fmt.Errorf("append audit records %d-%d: %w", out[0].Seq, head.Seq, err)
 	}
-	if len(keys) > 0 {
-		if _, err := q.Exec(ctx, d.Rebind(`INSERT INTO audit_entities (ref, seq) VALUES `+placeholders(len(keys)/2, 2)), keys...); err != nil {
-			return nil, fmt.Errorf("append audit records %d-%d: index: %w", out[0].Seq, head.Seq, err)
-		}
+	if err := insertRows(ctx, d, q, `INSERT INTO audit_entities (ref, seq) VALUES `, 2, keys); err != nil {
+		return nil, fmt.Errorf("append audit records %d-%d: index: %w", out[0].Seq, head.Seq, err)
 	}
 	if _, err := q.Exec(ctx, d.Rebind(`UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1`), head.Seq, head.Hash); err != nil {
 		return nil, fmt.Errorf("append audit: move head: %w", err)
@@ -160,6 +158,22 @@ func encodeAudit(r audit.Record) (entities, detail string, err error) {
 		detail = string(b)
 	}
 	return entities, detail, nil
+}
+
+// insertRows runs insert (ending in "VALUES ") for args, cols values a
+// row, in chunks of a power of two rows, at most 64.
+func insertRows(ctx context.Context, d *Dialect, q Querier, insert string, cols int, args []any) error {
+	for rows := len(args) / cols; rows > 0; {
+		n := 64
+		for n > rows {
+			n /= 2
+		}
+		if _, err := q.Exec(ctx, d.Rebind(insert+placeholders(n, cols)), args[:n*cols]...); err != nil {
+			return err
+		}
+		args, rows = args[n*cols:], rows-n
+	}
+	return nil
 }
 
 // placeholders is n rows of cols "?" placeholders: "(?, ?), (?, ?)".
