@@ -75,6 +75,7 @@ func New(o Options) *echo.Echo {
 	e.Use(middleware.SecureWithConfig(middleware.SecureConfig{
 		XSSProtection: "0", ContentTypeNosniff: "nosniff", XFrameOptions: "DENY",
 		ContentSecurityPolicy: "default-src 'none'; frame-ancestors 'none'", ReferrerPolicy: "no-referrer",
+		HSTSMaxAge: 365 * 24 * 3600, // sent only over TLS (or behind a proxy that says https)
 	}))
 	if o.MaxBodyBytes > 0 {
 		e.Use(bodyLimit(o.MaxBodyBytes))

@@ -124,6 +124,9 @@ func TestServeTLS(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), tc.want) {
 			t.Errorf("GET %s: %d %s; want 200 with %s", tc.path, resp.StatusCode, body, tc.want)
 		}
+		if hsts := resp.Header.Get("Strict-Transport-Security"); !strings.HasPrefix(hsts, "max-age=") {
+			t.Errorf("GET %s over TLS: Strict-Transport-Security %q, want max-age", tc.path, hsts)
+		}
 		if resp.TLS == nil || resp.TLS.Version < tls.VersionTLS12 || resp.ProtoMajor != 2 {
 			t.Errorf("GET %s: %s, TLS %+v; want HTTP/2 over TLS 1.2 or later", tc.path, resp.Proto, resp.TLS)
 		}
