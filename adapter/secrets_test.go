@@ -203,7 +203,7 @@ func TestSecretsSealedAtRestSQLite(t *testing.T) {
 func TestSecretsSealedAtRestPostgres(t *testing.T) {
 	url := pgtest.URL(t, "the PostgreSQL test of endpoint secrets at rest")
 	testSecretsSealedAtRest(t, func(t *testing.T) rawStore {
-		url := newSchema(t, url)
+		url := pgtest.Schema(t, url, "kapfhir_test_")
 		db, err := postgres.Open(t.Context(), url)
 		if err != nil {
 			t.Fatal(err)
@@ -398,37 +398,4 @@ func setupPlain(st adapter.Store, eps []endpoint.Endpoint) ([]string, error) {
 		ids = append(ids, e.ID)
 	}
 	return ids, nil
-}
-
-// newSchema creates a uniquely named schema, dropped at cleanup, and returns
-// url with search_path set to it (pgx passes the parameter to the server).
-func newSchema(t *testing.T, url string) string {
-	t.Helper()
-	ctx := t.Context()
-	schema := "kapfhir_test_" + strings.ToLower(rand.Text())
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Errorf("connect to drop schema: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema: %v", err)
-		}
-	})
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
-	}
-	return url + sep + "search_path=" + schema
 }

@@ -126,7 +126,7 @@ func auditPrune(ctx context.Context, cfg config.Config, beforeArg string, stdout
 		return err
 	}
 	defer st.Close()
-	n, err := st.PruneAudit(ctx, before, audit.Record{Time: now, Agent: audit.Agent{ClientID: "cli", Role: "admin"}, Source: svc.Installation()})
+	n, err := st.PruneAudit(ctx, before, audit.Record{Time: now, Agent: cliAgent, Source: svc.Installation()})
 	if err != nil {
 		return err
 	}
@@ -138,6 +138,23 @@ func auditPrune(ctx context.Context, cfg config.Config, beforeArg string, stdout
 // data directory (for clinic IT and the walk-through: no JWT tooling
 // needed; `kapfhir token -client ID` then finds the key).
 func clientCreate(ctx context.Context, cfg config.Config, log *slog.Logger, id, role, scope string, stdout io.Writer) error {
+	return withAccess(ctx, cfg, log, func(acc *access.Service) error {
+		path, err := acc.CreateKeyClient(ctx, id, id, auth.Role(role), strings.Fields(scope), cliAgent)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "registered client %q (role %s, scopes %s); its private key is %s (mode 0600)\n", id, role, scope, path)
+		return nil
+	})
+}
+
+// cliAgent is who the command line acts as in audit records: an operator
+// with the data directory and the database in hand.
+var cliAgent = audit.Agent{ClientID: "cli", Role: "admin"}
+
+// withAccess runs fn with the authorization server on the configured store
+// (for the commands that change clients or keys), closing the store after.
+func withAccess(ctx context.Context, cfg config.Config, log *slog.Logger, fn func(acc *access.Service) error) error {
 	svc, st, err := newService(ctx, cfg, log, nil)
 	if err != nil {
 		return err
@@ -147,10 +164,5 @@ func clientCreate(ctx context.Context, cfg config.Config, log *slog.Logger, id, 
 	if err != nil {
 		return err
 	}
-	path, err := acc.CreateKeyClient(ctx, id, id, auth.Role(role), strings.Fields(scope), audit.Agent{ClientID: "cli", Role: "admin"})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "registered client %q (role %s, scopes %s); its private key is %s (mode 0600)\n", id, role, scope, path)
-	return nil
+	return fn(acc)
 }

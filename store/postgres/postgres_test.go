@@ -1,13 +1,10 @@
 package postgres_test
 
 import (
-	"context"
-	"crypto/rand"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/kapfhir/kapfhir/store"
@@ -26,33 +23,10 @@ func databaseURL(t *testing.T) string {
 // a pool configuration whose connections use it as their search_path.
 func newSchema(t *testing.T, url string) *pgxpool.Config {
 	t.Helper()
-	ctx := t.Context()
-	schema := "kapfhir_test_" + strings.ToLower(rand.Text())
-	conn, err := pgx.Connect(ctx, url)
+	cfg, err := pgxpool.ParseConfig(pgtest.Schema(t, url, "kapfhir_test_"))
 	if err != nil {
-		t.Fatalf("connect: %v", err)
+		t.Fatalf("parse %s: %v", pgtest.Env, err)
 	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Errorf("connect to drop schema: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema: %v", err)
-		}
-	})
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatalf("parse KAPFHIR_TEST_POSTGRES_URL: %v", err)
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.MaxConns = 4
 	return cfg
 }

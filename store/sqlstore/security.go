@@ -140,22 +140,34 @@ func (s Security) PutSigningKey(ctx context.Context, k store.SigningKey, recs ..
 	if len(k.Public) > 0 {
 		public = k.Public
 	}
-	err := s.inTx(ctx, func(q Querier) error {
+	_, err := s.auditedChange(ctx, "put signing key "+k.KID, recs, func(q Querier) (bool, error) {
 		_, err := q.Exec(ctx, s.d.Rebind(`INSERT INTO auth_signing_keys (`+keyCols+`) VALUES (?, ?, ?, ?, ?, ?)`),
 			k.KID, k.Alg, k.Private, public, optMicros(k.Created), optMicros(k.Retired))
 		if s.d.unique(err) {
-			return treatment.Errorf(treatment.KindConflict, "signing key %q already exists", k.KID)
+			return false, treatment.Errorf(treatment.KindConflict, "signing key %q already exists", k.KID)
 		}
-		if err != nil {
+		return err == nil, err
+	})
+	return err
+}
+
+// auditedChange runs change in one transaction and, when it changed
+// something, appends recs in the same transaction; it reports whether
+// change changed something.
+func (s Security) auditedChange(ctx context.Context, op string, recs []audit.Record, change func(q Querier) (bool, error)) (bool, error) {
+	done := false
+	err := s.inTx(ctx, func(q Querier) error {
+		var err error
+		if done, err = change(q); err != nil || !done {
 			return err
 		}
 		_, err = appendAudit(ctx, s.d, q, recs, false)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("put signing key %s: %w", k.KID, err)
+		return false, fmt.Errorf("%s: %w", op, err)
 	}
-	return nil
+	return done, nil
 }
 
 // SigningKeys implements store.Security.
@@ -181,32 +193,18 @@ func (s Security) SigningKeys(ctx context.Context) ([]store.SigningKey, error) {
 
 // RetireSigningKey implements store.Security.
 func (s Security) RetireSigningKey(ctx context.Context, kid string, at time.Time, recs ...audit.Record) (bool, error) {
-	done := false
-	err := s.inTx(ctx, func(q Querier) error {
+	return s.auditedChange(ctx, "retire signing key "+kid, recs, func(q Querier) (bool, error) {
 		var retired int64
 		err := q.QueryRow(ctx, s.d.Rebind(`SELECT retired FROM auth_signing_keys WHERE kid = ?`+s.d.LockRow), kid).Scan(&retired)
 		if s.d.noRows(err) {
-			return treatment.NotFound("signing key", kid)
+			return false, treatment.NotFound("signing key", kid)
 		}
-		if err != nil {
-			return err
+		if err != nil || retired != 0 {
+			return false, err
 		}
-		if retired != 0 {
-			return nil
-		}
-		if _, err := q.Exec(ctx, s.d.Rebind(`UPDATE auth_signing_keys SET retired = ? WHERE kid = ?`), Micros(at), kid); err != nil {
-			return err
-		}
-		if _, err := appendAudit(ctx, s.d, q, recs, false); err != nil {
-			return err
-		}
-		done = true
-		return nil
+		_, err = q.Exec(ctx, s.d.Rebind(`UPDATE auth_signing_keys SET retired = ? WHERE kid = ?`), Micros(at), kid)
+		return err == nil, err
 	})
-	if err != nil {
-		return false, fmt.Errorf("retire signing key %s: %w", kid, err)
-	}
-	return done, nil
 }
 
 // ResealSigningKey implements store.Security: the update applies only
@@ -215,30 +213,18 @@ func (s Security) ResealSigningKey(ctx context.Context, kid string, old, private
 	if len(private) == 0 {
 		return false, treatment.Errorf(treatment.KindInvalid, "a signing key needs its private key")
 	}
-	done := false
-	err := s.inTx(ctx, func(q Querier) error {
+	return s.auditedChange(ctx, "reseal signing key "+kid, recs, func(q Querier) (bool, error) {
 		n, err := q.Exec(ctx, s.d.Rebind(`UPDATE auth_signing_keys SET private = ? WHERE kid = ? AND private = ?`), private, kid, old)
-		if err != nil {
-			return err
+		if err != nil || n > 0 {
+			return n > 0, err
 		}
-		if n == 0 {
-			var one int
-			err := q.QueryRow(ctx, s.d.Rebind(`SELECT 1 FROM auth_signing_keys WHERE kid = ?`), kid).Scan(&one)
-			if s.d.noRows(err) {
-				return treatment.NotFound("signing key", kid)
-			}
-			return err
+		var one int
+		err = q.QueryRow(ctx, s.d.Rebind(`SELECT 1 FROM auth_signing_keys WHERE kid = ?`), kid).Scan(&one)
+		if s.d.noRows(err) {
+			return false, treatment.NotFound("signing key", kid)
 		}
-		if _, err := appendAudit(ctx, s.d, q, recs, false); err != nil {
-			return err
-		}
-		done = true
-		return nil
+		return false, err
 	})
-	if err != nil {
-		return false, fmt.Errorf("reseal signing key %s: %w", kid, err)
-	}
-	return done, nil
 }
 
 // ledgerPatient is the patient of a sync log line's resource (alias l):

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/kapfhir/kapfhir/auth"
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
@@ -180,37 +177,8 @@ func TestSQLMetacharacters(t *testing.T) {
 // first, and start registers its own after this one).
 func postgresEnv(t *testing.T) []string {
 	t.Helper()
-	dbURL := pgtest.URL(t, "the SQL metacharacter tests on PostgreSQL")
-	ctx := t.Context()
-	schema := "kapfhir_e2e_" + strings.ToLower(rand.Text())
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, dbURL)
-		if err != nil {
-			t.Errorf("connect to drop schema: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema: %v", err)
-		}
-	})
-	u, err := neturl.Parse(dbURL)
-	if err != nil {
-		t.Fatalf("parse %s: %v", pgtest.Env, err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema) // pgx passes unknown URL parameters to the server
-	u.RawQuery = q.Encode()
-	return []string{"KAPFHIR_STORE_DRIVER=postgres", "KAPFHIR_POSTGRES_URL=" + u.String()}
+	dbURL := pgtest.Schema(t, pgtest.URL(t, "the SQL metacharacter tests on PostgreSQL"), "kapfhir_e2e_")
+	return []string{"KAPFHIR_STORE_DRIVER=postgres", "KAPFHIR_POSTGRES_URL=" + dbURL}
 }
 
 // metaSeed is what seedMeta made.
