@@ -52,6 +52,8 @@ type Options struct {
 	RootCAs *x509.CertPool
 	// IdentifierSystem is kapfhir's identifier system.
 	IdentifierSystem string
+	// Source is the installation id (audit records' observer, Provenance's Device).
+	Source string
 	// Configured are the endpoints of the configuration file. They are
 	// stored at Start (source "config"; the API cannot change them); a
 	// configured endpoint no longer in the file is disabled, not deleted,
@@ -228,7 +230,7 @@ func (m *Manager) restart(e endpoint.Stored) {
 		return
 	}
 	w := engine.New(engine.Options{
-		Endpoint: e.Endpoint, IdentifierSystem: m.o.IdentifierSystem, Store: m.o.Store, EHR: client,
+		Endpoint: e.Endpoint, IdentifierSystem: m.o.IdentifierSystem, Source: m.o.Source, Store: m.o.Store, EHR: client,
 		Owner: m.o.Owner, Poll: m.o.Poll, LeaseFor: m.o.LeaseFor, Now: m.o.Now, Logger: m.log,
 		OnBatch: m.advance,
 	})
@@ -236,7 +238,7 @@ func (m *Manager) restart(e endpoint.Stored) {
 	r := &running{cancel: cancel, done: make(chan struct{}), worker: w, client: client}
 	if e.Pull.Enabled && m.o.Sessions != nil {
 		r.poller = pull.New(pull.Options{
-			Endpoint: e.Endpoint, IdentifierSystem: m.o.IdentifierSystem, Store: m.o.Store,
+			Endpoint: e.Endpoint, IdentifierSystem: m.o.IdentifierSystem, Source: m.o.Source, Store: m.o.Store,
 			Sessions: m.o.Sessions, EHR: client, Now: m.o.Now, Logger: m.log,
 		})
 	}

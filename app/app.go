@@ -67,9 +67,8 @@ type Service struct {
 	seal         *seal.Box
 }
 
-// MetaInstallation is the store meta key of the installation id (the sync
-// engine and poller read it for their audit records and Provenance).
-const MetaInstallation = "installation_id"
+// metaInstallation is the store meta key of the installation id.
+const metaInstallation = "installation_id"
 
 // New prepares the service: it settles the installation's identifier system
 // (generated once, kept in the store) and publishes every protocol as a
@@ -99,13 +98,13 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		s.cal = treatment.DefaultCalendar(time.UTC)
 	}
 	err := s.store.InTx(ctx, func(tx store.Tx) error {
-		id, err := tx.Meta(ctx, MetaInstallation)
+		id, err := tx.Meta(ctx, metaInstallation)
 		if err != nil {
 			return err
 		}
 		if id == "" {
 			id = uuid.NewString()
-			if err := tx.SetMeta(ctx, MetaInstallation, id); err != nil {
+			if err := tx.SetMeta(ctx, metaInstallation, id); err != nil {
 				return err
 			}
 		}

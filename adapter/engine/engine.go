@@ -38,7 +38,6 @@ import (
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
-	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -51,9 +50,6 @@ type Store interface {
 	SetEndpointState(ctx context.Context, id string, state endpoint.AuthState, lastError string, now time.Time) error
 	Renew(ctx context.Context, endpointID, patientID, owner string, until time.Time) error
 	Upcoming(ctx context.Context, endpointID string, now time.Time, limit int) ([]string, error)
-	// InTx reads the installation id (the source of the audit records and
-	// the Device of the Provenance) from the store's meta.
-	InTx(ctx context.Context, fn func(tx store.Tx) error) error
 }
 
 // EHR is what the engine needs of the EHR client.
@@ -68,8 +64,11 @@ type Options struct {
 	// IdentifierSystem is kapfhir's identifier system (every resource
 	// carries identifier {system, value: its id}).
 	IdentifierSystem string
-	Store            Store
-	EHR              EHR
+	// Source is the installation id: the observer of the audit records of
+	// writes and the Device of their Provenance.
+	Source string
+	Store  Store
+	EHR    EHR
 	// Owner names this process in leases; unique per process.
 	Owner string
 	// LeaseFor is how long a lease lasts before another process may take
@@ -103,9 +102,6 @@ type Worker struct {
 	// looked up ahead for the batches about to be leased.
 	lookupMu sync.Mutex
 	lookedUp map[string]patientAnswer
-
-	// source is the installation id, read once (see installation).
-	source string
 }
 
 // ErrAuthFailed ends Run when the EHR keeps refusing kapfhir's credentials;
@@ -224,9 +220,6 @@ func (w *Worker) Once(ctx context.Context) (int, error) {
 	// its lease expired (even by another lane of this process) can no
 	// longer be finished by the lane that lost it.
 	owner := fmt.Sprintf("%s/%d", w.o.Owner, w.leases.Add(1))
-	if err := w.installation(ctx); err != nil {
-		return 0, err
-	}
 	batches, err := w.o.Store.Lease(ctx, outbox.Lease{
 		EndpointID: w.ep.ID, Owner: owner, MaxPatients: 1, Now: w.o.Now(), For: w.o.LeaseFor,
 	})

@@ -206,7 +206,7 @@ func newFixtureOn(t *testing.T, ehr *scriptedEHR, db *sqlite.DB, svc *app.Servic
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := engine.New(engine.Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Store: db, EHR: client, Owner: "test"})
+	w := engine.New(engine.Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Source: svc.Installation(), Store: db, EHR: client, Owner: "test"})
 	return &fixture{db: db, svc: svc, w: w, ehr: ehr, ep: ep, progID: prog.ID, patID: p.ID}
 }
 

@@ -1,20 +1,17 @@
 package engine
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/mapping"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
-	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -46,38 +43,6 @@ const (
 	DetailEHRVersion = "ehr-version" // the EHR's versionId of its copy
 )
 
-// installation reads the installation id once (app.New settles it).
-func (w *Worker) installation(ctx context.Context) error {
-	w.mu.Lock()
-	ok := w.source != ""
-	w.mu.Unlock()
-	if ok {
-		return nil
-	}
-	var id string
-	err := w.o.Store.InTx(ctx, func(tx store.Tx) error {
-		var err error
-		id, err = tx.Meta(ctx, app.MetaInstallation)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("engine: installation id: %w", err)
-	}
-	if id == "" {
-		return fmt.Errorf("engine: the store has no installation id")
-	}
-	w.mu.Lock()
-	w.source = id
-	w.mu.Unlock()
-	return nil
-}
-
-func (w *Worker) installationID() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.source
-}
-
 // writeRecord is the audit record of one write of it sent to the EHR (r
 // and the error the write returned); ok is false when no write was sent.
 func (w *Worker) writeRecord(it outbox.Item, r result, err error) (audit.Record, bool) {
@@ -93,7 +58,7 @@ func (w *Worker) writeRecord(it outbox.Item, r result, err error) (audit.Record,
 		EndpointID: w.ep.ID,
 		Entities:   []audit.Entity{{Ref: versionRef(it.ResourceType, it.ResourceID, r.version)}},
 		Detail:     map[string]string{DetailRequest: r.request},
-		Source:     w.installationID(),
+		Source:     w.o.Source,
 	}
 	if r.status != 0 {
 		rec.Detail[DetailStatus] = strconv.Itoa(r.status)
@@ -132,7 +97,7 @@ func (w *Worker) provenance(it outbox.Item, r result) *resource.Write {
 		at = w.o.Now()
 	}
 	at = at.UTC().Truncate(time.Millisecond)
-	inst := w.installationID()
+	inst := w.o.Source
 	t := mapping.Transmission{
 		Type: it.ResourceType, ID: it.ResourceID, Version: r.version, EndpointID: w.ep.ID,
 		Created: r.status == http.StatusCreated, Recorded: at,

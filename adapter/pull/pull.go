@@ -55,9 +55,11 @@ type EHR interface {
 type Options struct {
 	Endpoint         endpoint.Endpoint
 	IdentifierSystem string
-	Store            Store
-	Sessions         Sessions
-	EHR              EHR
+	// Source is the installation id: the observer of the poll's audit record.
+	Source   string
+	Store    Store
+	Sessions Sessions
+	EHR      EHR
 	// Overlap is subtracted from the high-water mark (default 5 minutes).
 	Overlap time.Duration
 	Now     func() time.Time
@@ -116,16 +118,11 @@ func (p *Poller) hwmKey() string { return "pull.hwm." + p.o.Endpoint.ID }
 // transaction, whether it succeeded or not.
 func (p *Poller) Once(ctx context.Context) (int, error) {
 	var hwm time.Time
-	var source string
 	err := p.o.Store.InTx(ctx, func(tx store.Tx) error {
 		v, err := tx.Meta(ctx, p.hwmKey())
 		if err == nil && v != "" {
 			hwm, err = time.Parse(time.RFC3339Nano, v)
 		}
-		if err != nil {
-			return err
-		}
-		source, err = tx.Meta(ctx, app.MetaInstallation)
 		return err
 	})
 	if err != nil {
@@ -136,7 +133,7 @@ func (p *Poller) Once(ctx context.Context) (int, error) {
 		q.Set("_lastUpdated", "ge"+hwm.Add(-p.o.Overlap).UTC().Format(time.RFC3339))
 	}
 	res, perr := p.poll(ctx, "Appointment?"+q.Encode(), hwm)
-	rec := p.record(res, q.Encode(), perr, source)
+	rec := p.record(res, q.Encode(), perr, p.o.Source)
 	// Recorded even when ctx ended mid-poll (shutdown): the poll happened.
 	rctx := context.WithoutCancel(ctx)
 	err = p.o.Store.InTx(rctx, func(tx store.Tx) error {

@@ -84,7 +84,7 @@ func TestPollsAreAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Date(2027, 1, 3, 12, 0, 0, 0, time.UTC)
-	poller := pull.New(pull.Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Store: db, Sessions: svc, EHR: client, Now: func() time.Time { return now }})
+	poller := pull.New(pull.Options{Endpoint: ep, IdentifierSystem: svc.IdentifierSystem(), Source: svc.Installation(), Store: db, Sessions: svc, EHR: client, Now: func() time.Time { return now }})
 
 	type poll struct {
 		applied int

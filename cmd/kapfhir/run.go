@@ -257,7 +257,7 @@ func newManager(cfg config.Config, svc *app.Service, st store.Store, log *slog.L
 		log.Error("EHR certificates are verified against the system's authorities only", "error", err)
 	}
 	return adapter.New(adapter.Options{
-		Store: st, IdentifierSystem: svc.IdentifierSystem(), Configured: cfg.Endpoints, Sessions: svc,
+		Store: st, IdentifierSystem: svc.IdentifierSystem(), Source: svc.Installation(), Configured: cfg.Endpoints, Sessions: svc,
 		Logger: log, UserAgent: "kapfhir/" + version, LeaseFor: cfg.Sync.LeaseFor, Poll: cfg.Sync.Poll,
 		Seal: svc.Seal(), RootCAs: roots,
 	})

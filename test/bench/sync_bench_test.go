@@ -157,7 +157,7 @@ func (f *syncFixture) drain(b *testing.B, ep endpoint.Endpoint) (int, time.Durat
 			close(done)
 		}
 	}
-	w := engine.New(engine.Options{
+	w := engine.New(engine.Options{Source: "urn:uuid:bench",
 		Endpoint: ep, IdentifierSystem: f.system, Store: f.db, EHR: client, Owner: "bench",
 		Poll: 10 * time.Millisecond, OnBatch: check,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
