@@ -1,6 +1,10 @@
 package server
 
 import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
@@ -50,6 +54,27 @@ func TestOddRequestsAreAuditable(t *testing.T) {
 		}
 		if ref != tt.ref {
 			t.Errorf("%s %.60s: references %q, want %q", tt.method, tt.target, ref, tt.ref)
+		}
+	}
+}
+
+// failingRecorder cannot write the audit trail.
+type failingRecorder struct{}
+
+func (failingRecorder) AppendAudit(context.Context, ...audit.Record) ([]audit.Record, error) {
+	return nil, errors.New("disk full")
+}
+
+// A read whose audit record cannot be written is not answered with its
+// data: 503, nothing of the body released.
+func TestNoDataUnaudited(t *testing.T) {
+	e := New(Options{Logger: slog.New(slog.DiscardHandler), Access: fakeFront{}, Audit: failingRecorder{}, Source: "urn:uuid:test"})
+	e.GET("/fhir/CarePlan/:id", func(c echo.Context) error { return c.String(http.StatusOK, "secret-care-plan") })
+	e.GET("/api/v1/patients/:id", func(c echo.Context) error { return c.String(http.StatusOK, "secret-patient") })
+	for _, path := range []string{"/fhir/CarePlan/cp-1", "/api/v1/patients/p-1"} {
+		rec := do(e, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != http.StatusServiceUnavailable || strings.Contains(rec.Body.String(), "secret") {
+			t.Errorf("GET %s with the audit trail down: %d %s; want 503 without the data", path, rec.Code, rec.Body)
 		}
 	}
 }

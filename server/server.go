@@ -90,7 +90,7 @@ func New(o Options) *echo.Echo {
 		// Reads are audited in groups: one transaction for the records of
 		// the requests waiting together, each request held until its own
 		// record is durable.
-		rec = &batcher{rec: o.Audit}
+		rec = newBatcher(o.Audit)
 	}
 	now := o.Now
 	if now == nil {

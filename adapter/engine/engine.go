@@ -36,6 +36,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/endpoint"
+	"github.com/kapfhir/kapfhir/groupcommit"
 	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/treatment"
@@ -102,6 +103,10 @@ type Worker struct {
 	// looked up ahead for the batches about to be leased.
 	lookupMu sync.Mutex
 	lookedUp map[string]patientAnswer
+
+	// finishes groups the results of the lanes' batches into shared
+	// FinishBatch transactions (group commit).
+	finishes *groupcommit.Batcher[outbox.Result]
 }
 
 // ErrAuthFailed ends Run when the EHR keeps refusing kapfhir's credentials;
@@ -122,8 +127,13 @@ func New(o Options) *Worker {
 	if o.LeaseFor <= 0 {
 		o.LeaseFor = max(2*time.Minute, 4*o.Endpoint.Timeout())
 	}
-	return &Worker{o: o, ep: o.Endpoint, log: o.Logger.With("endpoint", o.Endpoint.ID), wake: make(chan struct{}), lookedUp: map[string]patientAnswer{}}
+	return &Worker{o: o, ep: o.Endpoint, log: o.Logger.With("endpoint", o.Endpoint.ID), wake: make(chan struct{}), lookedUp: map[string]patientAnswer{},
+		finishes: groupcommit.New(maxFinish, o.Store.FinishBatch)}
 }
+
+// maxFinish bounds the results finished in one transaction (a few lanes'
+// batches).
+const maxFinish = 256
 
 // Notify wakes idle workers: work was enqueued.
 func (w *Worker) Notify() {
@@ -186,13 +196,18 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 func (w *Worker) lane(ctx context.Context) error {
+	// A lane finishes each batch in the background while it leases and
+	// pushes the next one (the finish waits for the store's writer, which
+	// the other lanes share), with at most one finish outstanding.
+	l := &finisher{}
+	defer l.wait()
 	for ctx.Err() == nil {
 		wake := w.wakeChan()
 		wait := w.o.Poll
 		if d := w.paused(); d > 0 {
 			wait = d
 		} else {
-			n, err := w.Once(ctx)
+			n, err := w.once(ctx, l)
 			switch {
 			case errors.Is(err, ErrAuthFailed):
 				return err
@@ -215,7 +230,38 @@ func (w *Worker) lane(ctx context.Context) error {
 
 // Once leases one patient's batch and pushes it; it returns how many items
 // it finished (0: nothing was due).
-func (w *Worker) Once(ctx context.Context) (int, error) {
+func (w *Worker) Once(ctx context.Context) (int, error) { return w.once(ctx, nil) }
+
+// finisher runs a lane's batch finishes in the background, one at a time.
+// A nil finisher finishes in the foreground.
+type finisher struct{ prev chan struct{} }
+
+// run runs finish, in the background once the previous one has ended.
+func (f *finisher) run(finish func()) {
+	if f == nil {
+		finish()
+		return
+	}
+	f.wait()
+	done := make(chan struct{})
+	f.prev = done
+	go func() {
+		defer close(done)
+		finish()
+	}()
+}
+
+// wait waits for the outstanding finish, if any.
+func (f *finisher) wait() {
+	if f != nil && f.prev != nil {
+		<-f.prev
+		f.prev = nil
+	}
+}
+
+// once is Once, finishing the batches with f; it returns how many items
+// it finished, or will finish (f not nil).
+func (w *Worker) once(ctx context.Context, f *finisher) (int, error) {
 	// Each lease has its own owner name, so that a batch taken over after
 	// its lease expired (even by another lane of this process) can no
 	// longer be finished by the lane that lost it.
@@ -228,11 +274,8 @@ func (w *Worker) Once(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, b := range batches {
-		k, err := w.push(ctx, b, owner)
+		k, err := w.push(ctx, b, owner, f)
 		n += k
-		if w.o.OnBatch != nil {
-			w.o.OnBatch()
-		}
 		if err != nil {
 			return n, err
 		}

@@ -92,7 +92,7 @@ type result struct {
 // push writes one patient's batch and finishes every item in it. An auth
 // failure releases what is left and returns ErrAuthFailed; an unreachable
 // EHR retries the item, releases the rest and pauses the worker.
-func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, error) {
+func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, f *finisher) (int, error) {
 	items := slices.Clone(b.Items)
 	slices.SortStableFunc(items, func(a, c outbox.Item) int {
 		if d := typeOrder(a.ResourceType) - typeOrder(c.ResourceType); d != 0 {
@@ -140,9 +140,11 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 		}
 	}()
 	keep := func() bool { return !lost.Load() }
-	// finish records every item's result in one transaction.
+	// finish records every item's result in one transaction, with f, and
+	// returns how many items it finishes (not released).
 	finish := func() int {
 		rs := make([]outbox.Result, len(items))
+		n := 0
 		for i, it := range items {
 			r, ok := results[it.ID]
 			if !ok {
@@ -150,22 +152,23 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string) (int, e
 			}
 			rs[i] = w.result(it, r, owner)
 			rs[i].Audit = audits[it.ID]
-		}
-		stopHB()
-		errs, err := w.o.Store.FinishBatch(context.WithoutCancel(ctx), rs)
-		if err != nil {
-			w.log.Warn("finishing a sync batch failed; its lease will expire and the work be taken over", "patient", b.PatientID, "error", err)
-			return 0
-		}
-		n := 0
-		for i, r := range rs {
-			switch {
-			case errs[i] != nil:
-				w.log.Warn("finishing a sync item failed", "item", r.ItemID, "error", errs[i])
-			case r.Outcome != outbox.Release:
+			if rs[i].Outcome != outbox.Release {
 				n++
 			}
 		}
+		stopHB()
+		f.run(func() {
+			// Finished together with the other lanes' batches that are
+			// finishing meanwhile: one transaction on the store's writer.
+			for i, err := range w.finishes.Do(ctx, rs...) {
+				if err != nil {
+					w.log.Warn("finishing a sync item failed; its lease will expire and the work be taken over", "item", rs[i].ItemID, "error", err)
+				}
+			}
+			if w.o.OnBatch != nil {
+				w.o.OnBatch()
+			}
+		})
 		return n
 	}
 	defer bt.loadAhead(ctx, items)()
