@@ -9,7 +9,9 @@ import (
 
 // batcher appends the audit records of concurrent requests together (group
 // commit): each request returns once its own record is durable.
-type batcher struct{ b *groupcommit.Batcher[audit.Record] }
+type batcher struct {
+	b *groupcommit.Batcher[audit.Record]
+}
 
 // maxBatch bounds the records appended in one transaction.
 const maxBatch = 256
