@@ -103,6 +103,8 @@ type Worker struct {
 	// looked up ahead for the batches about to be leased.
 	lookupMu sync.Mutex
 	lookedUp map[string]patientAnswer
+	// leased are patients whose batches lanes leased and did not look up yet.
+	leased map[string]bool
 
 	// finishes groups the results of the lanes' batches into shared
 	// FinishBatch transactions (group commit).
@@ -127,7 +129,7 @@ func New(o Options) *Worker {
 	if o.LeaseFor <= 0 {
 		o.LeaseFor = max(2*time.Minute, 4*o.Endpoint.Timeout())
 	}
-	return &Worker{o: o, ep: o.Endpoint, log: o.Logger.With("endpoint", o.Endpoint.ID), wake: make(chan struct{}), lookedUp: map[string]patientAnswer{},
+	return &Worker{o: o, ep: o.Endpoint, log: o.Logger.With("endpoint", o.Endpoint.ID), wake: make(chan struct{}), lookedUp: map[string]patientAnswer{}, leased: map[string]bool{},
 		finishes: groupcommit.New(maxFinish, o.Store.FinishBatch)}
 }
 
@@ -196,16 +198,21 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 func (w *Worker) lane(ctx context.Context) error {
-	// A lane finishes each batch in the background while it leases and
-	// pushes the next one (the finish waits for the store's writer, which
-	// the other lanes share), with at most one finish outstanding.
-	l := &finisher{}
-	defer l.wait()
+	// A lane keeps the store's writer, which the other lanes share, off its
+	// path: it leases its next batch while it pushes one, and finishes a
+	// batch in the background while it pushes the next (at most one of
+	// each outstanding).
+	l := &pipeline{}
+	defer func() {
+		l.release(w)
+		l.wait()
+	}()
 	for ctx.Err() == nil {
 		wake := w.wakeChan()
 		wait := w.o.Poll
 		if d := w.paused(); d > 0 {
 			wait = d
+			l.release(w) // the lease would run out while paused
 		} else {
 			n, err := w.once(ctx, l)
 			switch {
@@ -232,19 +239,30 @@ func (w *Worker) lane(ctx context.Context) error {
 // it finished (0: nothing was due).
 func (w *Worker) Once(ctx context.Context) (int, error) { return w.once(ctx, nil) }
 
-// finisher runs a lane's batch finishes in the background, one at a time.
-// A nil finisher finishes in the foreground.
-type finisher struct{ prev chan struct{} }
+// pipeline is a lane's work off its path: the lease of its next batch, taken
+// while it pushes one, and the finish of its last batch, written while it
+// pushes the next. A nil pipeline leases and finishes in the foreground.
+type pipeline struct {
+	ahead chan leased   // the next lease, being taken
+	prev  chan struct{} // the last finish, being written
+}
+
+// leased is a lease taken: its owner and batches.
+type leased struct {
+	owner   string
+	batches []outbox.Batch
+	err     error
+}
 
 // run runs finish, in the background once the previous one has ended.
-func (f *finisher) run(finish func()) {
-	if f == nil {
+func (p *pipeline) run(finish func()) {
+	if p == nil {
 		finish()
 		return
 	}
-	f.wait()
+	p.wait()
 	done := make(chan struct{})
-	f.prev = done
+	p.prev = done
 	go func() {
 		defer close(done)
 		finish()
@@ -252,29 +270,86 @@ func (f *finisher) run(finish func()) {
 }
 
 // wait waits for the outstanding finish, if any.
-func (f *finisher) wait() {
-	if f != nil && f.prev != nil {
-		<-f.prev
-		f.prev = nil
+func (p *pipeline) wait() {
+	if p != nil && p.prev != nil {
+		<-p.prev
+		p.prev = nil
 	}
 }
 
-// once is Once, finishing the batches with f; it returns how many items
-// it finished, or will finish (f not nil).
-func (w *Worker) once(ctx context.Context, f *finisher) (int, error) {
-	// Each lease has its own owner name, so that a batch taken over after
-	// its lease expired (even by another lane of this process) can no
-	// longer be finished by the lane that lost it.
+// next returns the lease taken ahead, or takes one now (also when the one
+// taken ahead found nothing: work may have come since).
+func (p *pipeline) next(ctx context.Context, w *Worker) leased {
+	if p != nil && p.ahead != nil {
+		l := <-p.ahead
+		p.ahead = nil
+		if l.err == nil && len(l.batches) > 0 {
+			return l
+		}
+	}
+	return w.lease(ctx)
+}
+
+// prefetch starts taking the next lease.
+func (p *pipeline) prefetch(ctx context.Context, w *Worker) {
+	if p == nil || p.ahead != nil {
+		return
+	}
+	ch := make(chan leased, 1)
+	p.ahead = ch
+	go func() { ch <- w.lease(ctx) }()
+}
+
+// release gives back a lease taken ahead and not pushed (the lane stops or
+// pauses): its items are due again at once, for any lane or process.
+func (p *pipeline) release(w *Worker) {
+	if p == nil || p.ahead == nil {
+		return
+	}
+	l := <-p.ahead
+	p.ahead = nil
+	var rs []outbox.Result
+	for _, b := range l.batches {
+		for _, it := range b.Items {
+			rs = append(rs, w.result(it, result{outcome: outbox.Release}, l.owner))
+		}
+	}
+	if len(rs) == 0 {
+		return
+	}
+	for i, err := range w.finishes.Do(context.Background(), rs...) {
+		if err != nil {
+			w.log.Warn("releasing a leased item failed; its lease will expire", "item", rs[i].ItemID, "error", err)
+		}
+	}
+}
+
+// lease leases the batch of the next patient due. Each lease has its own
+// owner name, so that a batch taken over after its lease expired (even by
+// another lane of this process) can no longer be finished by the lane that
+// lost it.
+func (w *Worker) lease(ctx context.Context) leased {
 	owner := fmt.Sprintf("%s/%d", w.o.Owner, w.leases.Add(1))
 	batches, err := w.o.Store.Lease(ctx, outbox.Lease{
 		EndpointID: w.ep.ID, Owner: owner, MaxPatients: 1, Now: w.o.Now(), For: w.o.LeaseFor,
 	})
-	if err != nil {
-		return 0, fmt.Errorf("lease: %w", err)
+	w.leasedPatients(batches)
+	return leased{owner: owner, batches: batches, err: err}
+}
+
+// once is Once in a lane's pipeline p; it returns how many items it
+// finished, or will finish (p not nil).
+func (w *Worker) once(ctx context.Context, p *pipeline) (int, error) {
+	l := p.next(ctx, w)
+	if l.err != nil {
+		return 0, fmt.Errorf("lease: %w", l.err)
+	}
+	if len(l.batches) > 0 {
+		p.prefetch(ctx, w) // more is likely due
 	}
 	n := 0
-	for _, b := range batches {
-		k, err := w.push(ctx, b, owner, f)
+	for _, b := range l.batches {
+		k, err := w.push(ctx, b, l.owner, p)
 		n += k
 		if err != nil {
 			return n, err

@@ -13,6 +13,7 @@ import (
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/adapter/outbound"
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
+	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -31,6 +32,18 @@ const (
 	// is caught by the write that references it, or at the next batch.
 	lookupTTL = 30 * time.Second
 )
+
+// leasedPatients notes the patients of batches just leased, to be looked
+// up with the next search (Upcoming lists only patients nobody leased).
+func (w *Worker) leasedPatients(bs []outbox.Batch) {
+	w.lookupMu.Lock()
+	defer w.lookupMu.Unlock()
+	for _, b := range bs {
+		if _, ok := w.lookedUp[b.PatientID]; !ok {
+			w.leased[b.PatientID] = true
+		}
+	}
+}
 
 // patientAnswer is what the EHR said about one patient.
 type patientAnswer struct {
@@ -55,12 +68,21 @@ func (w *Worker) lookupPatient(ctx context.Context, patientID string) (patientAn
 		delete(w.lookedUp, patientID)
 		return a, nil
 	}
+	delete(w.leased, patientID)
 	ids := []string{patientID}
+	add := func(id string) {
+		if _, ok := w.lookedUp[id]; !ok && id != patientID && len(ids) < lookAhead && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	// First the patients the lanes have leased and not looked up yet (the
+	// queue no longer lists them), then those next in the queue.
+	for id := range w.leased {
+		add(id)
+	}
 	if next, err := w.o.Store.Upcoming(ctx, w.ep.ID, now, lookAhead); err == nil {
 		for _, id := range next {
-			if _, ok := w.lookedUp[id]; !ok && id != patientID && len(ids) < lookAhead {
-				ids = append(ids, id)
-			}
+			add(id)
 		}
 	}
 	answers, err := w.searchPatients(ctx, ids, now)
@@ -70,6 +92,7 @@ func (w *Worker) lookupPatient(ctx context.Context, patientID string) (patientAn
 	for _, id := range ids[1:] {
 		if a, ok := answers[id]; ok {
 			w.lookedUp[id] = a
+			delete(w.leased, id)
 		}
 	}
 	return answers[patientID], nil

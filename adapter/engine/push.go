@@ -92,7 +92,7 @@ type result struct {
 // push writes one patient's batch and finishes every item in it. An auth
 // failure releases what is left and returns ErrAuthFailed; an unreachable
 // EHR retries the item, releases the rest and pauses the worker.
-func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, f *finisher) (int, error) {
+func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipeline) (int, error) {
 	items := slices.Clone(b.Items)
 	slices.SortStableFunc(items, func(a, c outbox.Item) int {
 		if d := typeOrder(a.ResourceType) - typeOrder(c.ResourceType); d != 0 {
@@ -140,7 +140,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, f *fini
 		}
 	}()
 	keep := func() bool { return !lost.Load() }
-	// finish records every item's result in one transaction, with f, and
+	// finish records every item's result in one transaction, in p, and
 	// returns how many items it finishes (not released).
 	finish := func() int {
 		rs := make([]outbox.Result, len(items))
@@ -157,7 +157,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, f *fini
 			}
 		}
 		stopHB()
-		f.run(func() {
+		p.run(func() {
 			// Finished together with the other lanes' batches that are
 			// finishing meanwhile: one transaction on the store's writer.
 			for i, err := range w.finishes.Do(ctx, rs...) {
