@@ -159,22 +159,6 @@ func TestServeTLS(t *testing.T) {
 	})
 }
 
-func TestServeRefusesBadCertificate(t *testing.T) {
-	certFile, _, _ := selfSigned(t)
-	_, otherKey, _ := selfSigned(t)
-	env := dataEnv(t)
-	env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
-	env["KAPFHIR_TLS_CERT_FILE"] = certFile
-	env["KAPFHIR_TLS_KEY_FILE"] = otherKey
-	out, _, err := cli(t, env, "serve")
-	if err == nil || !strings.Contains(err.Error(), "tls.certFile") {
-		t.Fatalf("serve with a key of another certificate: %v; want a problem naming tls.certFile", err)
-	}
-	if strings.Contains(out, "listening") {
-		t.Errorf("serve announced it was listening:\n%s", out)
-	}
-}
-
 // TestSealKey: with no key configured, kapfhir generates one into the data
 // directory once; the endpoint secrets it stores are sealed with it.
 func TestSealKey(t *testing.T) {

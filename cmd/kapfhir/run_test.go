@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -133,16 +134,28 @@ func TestConfigCheck(t *testing.T) {
 	})
 }
 
-func TestServeRefusesBadCatalogue(t *testing.T) {
-	env := dataEnv(t)
-	env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
-	env["KAPFHIR_PROTOCOLS_DIR"] = filepath.Join("..", "..", "catalogue", "testdata", "bad")
-	out, _, err := cli(t, env, "serve")
-	if err == nil || !strings.Contains(err.Error(), "protocol catalogue") {
-		t.Fatalf("serve with a bad catalogue: %v", err)
-	}
-	if strings.Contains(out, "listening") {
-		t.Errorf("serve announced it was listening despite a bad catalogue:\n%s", out)
+// TestServeRefusesBadSetUp: serve stops before listening, naming what is wrong.
+func TestServeRefusesBadSetUp(t *testing.T) {
+	certFile, _, _ := selfSigned(t)
+	_, otherKey, _ := selfSigned(t)
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"a bad catalogue", map[string]string{"KAPFHIR_PROTOCOLS_DIR": filepath.Join("..", "..", "catalogue", "testdata", "bad")}, "protocol catalogue"},
+		{"a key of another certificate", map[string]string{"KAPFHIR_TLS_CERT_FILE": certFile, "KAPFHIR_TLS_KEY_FILE": otherKey}, "tls.certFile"},
+	} {
+		env := dataEnv(t)
+		env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
+		maps.Copy(env, tt.env)
+		out, _, err := cli(t, env, "serve")
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("serve with %s: %v; want an error naming %s", tt.name, err, tt.want)
+		}
+		if strings.Contains(out, "listening") {
+			t.Errorf("serve with %s announced it was listening:\n%s", tt.name, out)
+		}
 	}
 }
 
