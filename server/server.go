@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -134,18 +133,15 @@ func bodyLimit(limit int64) echo.MiddlewareFunc {
 }
 
 // plainTarget refuses (400) a request whose path, or a query parameter's
-// name or value, decodes to invalid UTF-8 or control characters, or whose
-// path holds ':', '?' or '#' (escaped): no route, id or search value has
-// them, PostgreSQL text cannot hold NUL or invalid UTF-8, and the audit
-// trail, which records every request before it is answered, records a
-// path's Type/id as a reference, which cannot hold ":?#" (audit.RefKey).
+// name or value, decodes to invalid UTF-8 or control characters: no route,
+// id or search value has them, and PostgreSQL text cannot hold NUL or
+// invalid UTF-8. (The query is parsed once: Echo keeps what QueryParams
+// parsed for the handlers.)
 func plainTarget(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		u := c.Request().URL
-		vals, _ := url.ParseQuery(u.RawQuery) // bad escapes are the handlers' to report; the rest is checked
-		if !resource.PlainText(u.Path) || strings.ContainsAny(u.Path, ":?#") || !resource.PlainValues(vals) {
+		if !resource.PlainText(c.Request().URL.Path) || !resource.PlainValues(c.QueryParams()) {
 			return echo.NewHTTPError(http.StatusBadRequest, "the request path or query holds characters no route, id or search value has "+
-				"(control characters, invalid UTF-8; in the path also ':', '?' or '#')")
+				"(control characters, invalid UTF-8)")
 		}
 		return next(c)
 	}
