@@ -73,8 +73,9 @@ func (r sqlRows) Close() { r.Rows.Close() }
 // different numbers of values are different statements).
 const maxCachedStmts = 256
 
-// stmtCache is the read pool's querier: it prepares each statement once and
-// reuses it on every connection (parsing SQL is most of a point read's cost).
+// stmtCache keeps prepared statements: the read pool's querier prepares
+// each statement once and reuses it on every connection (parsing SQL is
+// most of a point read's cost); the writer keeps its own (writerStmts).
 type stmtCache struct {
 	db    *sql.DB
 	mu    sync.Mutex
@@ -83,19 +84,29 @@ type stmtCache struct {
 
 func newStmtCache(db *sql.DB) *stmtCache { return &stmtCache{db: db, stmts: map[string]*sql.Stmt{}} }
 
-// stmt returns the prepared statement for query, or nil when the cache is full.
-func (c *stmtCache) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+// lookup returns the prepared statement for query, if any, and whether
+// the cache has room for another.
+func (c *stmtCache) lookup(query string) (s *sql.Stmt, room bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s, ok := c.stmts[query]; ok {
+	return c.stmts[query], len(c.stmts) < maxCachedStmts
+}
+
+// stmt returns the prepared statement for query, preparing it (with no
+// lock held) when the cache has room, or nil when it is full.
+func (c *stmtCache) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	if s, room := c.lookup(query); s != nil || !room {
 		return s, nil
-	}
-	if len(c.stmts) >= maxCachedStmts {
-		return nil, nil
 	}
 	s, err := c.db.PrepareContext(ctx, query)
 	if err != nil {
 		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if kept, ok := c.stmts[query]; ok { // prepared meanwhile by another caller
+		s.Close()
+		return kept, nil
 	}
 	c.stmts[query] = s
 	return s, nil
@@ -134,32 +145,30 @@ func (c *stmtCache) Query(ctx context.Context, query string, args ...any) (sqlst
 	return sqlRows{rows}, nil
 }
 
-// writerStmts caches the writer's prepared statements. A statement cannot
-// be prepared inside a transaction on the writer pool (the transaction
-// holds its one connection), so a statement run unprepared in one
-// transaction is prepared before the next begins, and no lock is held
-// while preparing (a transaction may be asking for a statement meanwhile).
+// writerStmts are the writer's prepared statements. A statement cannot be
+// prepared inside a transaction on the writer pool (the transaction holds
+// its one connection), so a statement run unprepared in one transaction is
+// prepared before the next begins.
 type writerStmts struct {
-	db *sql.DB
+	cache *stmtCache
 
 	mu      sync.Mutex
-	stmts   map[string]*sql.Stmt
 	pending map[string]bool
 }
 
 // prepared returns the statement for query, or nil (noting query, so
 // that it is prepared before the next transaction).
 func (w *writerStmts) prepared(query string) *sql.Stmt {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if s, ok := w.stmts[query]; ok || len(w.stmts)+len(w.pending) >= maxCachedStmts {
-		return s
+	s, room := w.cache.lookup(query)
+	if s == nil && room {
+		w.mu.Lock()
+		if w.pending == nil {
+			w.pending = map[string]bool{}
+		}
+		w.pending[query] = true
+		w.mu.Unlock()
 	}
-	if w.pending == nil {
-		w.pending = map[string]bool{}
-	}
-	w.pending[query] = true
-	return nil
+	return s
 }
 
 // prepare prepares the pending statements. Call it outside a transaction.
@@ -170,27 +179,8 @@ func (w *writerStmts) prepare(ctx context.Context) {
 	w.pending = nil
 	w.mu.Unlock()
 	for q := range pending {
-		s, err := w.db.PrepareContext(ctx, q)
-		if err != nil {
-			continue
-		}
-		w.mu.Lock()
-		if _, dup := w.stmts[q]; dup {
-			s.Close() // prepared meanwhile by another caller
-		} else {
-			w.stmts[q] = s
-		}
-		w.mu.Unlock()
+		_, _ = w.cache.stmt(ctx, q)
 	}
-}
-
-func (w *writerStmts) close() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, s := range w.stmts {
-		s.Close()
-	}
-	w.stmts = map[string]*sql.Stmt{}
 }
 
 // txQuerier is a transaction's querier: prepared statements where the

@@ -91,7 +91,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		read.Close()
 		return nil, fmt.Errorf("open sqlite readers: %w", err)
 	}
-	db := &DB{path: path, write: write, read: read, stmts: newStmtCache(read), txStmts: &writerStmts{db: write, stmts: map[string]*sql.Stmt{}}}
+	db := &DB{path: path, write: write, read: read, stmts: newStmtCache(read), txStmts: &writerStmts{cache: newStmtCache(write)}}
 	db.Reader = sqlstore.NewReader(dialect, db.stmts, db.snapshot)
 	db.Queue = sqlstore.NewQueue(dialect, db.stmts, db.snapshot, db.tx)
 	db.Security = sqlstore.NewSecurity(dialect, db.stmts, db.snapshot, db.tx)
@@ -101,7 +101,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 // Close closes the reader pool and the writer.
 func (db *DB) Close() error {
 	db.stmts.close()
-	db.txStmts.close()
+	db.txStmts.cache.close()
 	return errors.Join(db.read.Close(), db.write.Close())
 }
 
