@@ -26,10 +26,7 @@ import (
 
 // securityTests are the audit trail's and the auth storage's part of the
 // suite (see Run).
-var securityTests = []struct {
-	name string
-	fn   func(t *testing.T, s store.Store)
-}{
+var securityTests = []suiteTest{
 	{"AuditAppend", testAuditAppend},
 	{"AuditRollback", testAuditRollback},
 	{"AuditInvalid", testAuditInvalid},

@@ -25,10 +25,7 @@ import (
 // store for each call and arrange its cleanup with t.Cleanup.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Helper()
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s store.Store)
-	}{
+	tests := []suiteTest{
 		{"Patients", testPatients},
 		{"Programs", testPrograms},
 		{"ResourceVersions", testResourceVersions},
@@ -52,6 +49,12 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			tt.fn(t, open(t))
 		})
 	}
+}
+
+// suiteTest is one test of the suite, run on a new store.
+type suiteTest struct {
+	name string
+	fn   func(t *testing.T, s store.Store)
 }
 
 // ts parses an RFC 3339 time.

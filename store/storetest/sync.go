@@ -21,10 +21,7 @@ import (
 )
 
 // syncTests are the sync queue's part of the suite (see Run).
-var syncTests = []struct {
-	name string
-	fn   func(t *testing.T, s store.Store)
-}{
+var syncTests = []suiteTest{
 	{"SyncEndpoints", testSyncEndpoints},
 	{"SyncEnqueueCoalesces", testSyncEnqueueCoalesces},
 	{"SyncEnqueueStates", testSyncEnqueueStates},
