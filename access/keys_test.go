@@ -51,6 +51,18 @@ func start(t *testing.T, db access.Store, now func() time.Time, box *seal.Box) *
 }
 
 // client is a registered client's key.
+// twoProcesses starts two Services on one store file, as two kapfhir
+// processes sharing a database, on a fixed clock, with a client of A's.
+func twoProcesses(t *testing.T) (a, b *access.Service, c client, clock *kaptest.Clock) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kapfhir.db")
+	clock = &kaptest.Clock{}
+	clock.Set(kaptest.Start)
+	a = start(t, openDB(t, path), clock.Now, nil)
+	b = start(t, openDB(t, path), clock.Now, nil)
+	return a, b, newClient(t, a), clock
+}
+
 type client struct {
 	key *ecdsa.PrivateKey
 	kid string
@@ -227,12 +239,7 @@ func TestRotateKey(t *testing.T) {
 // Two processes on one store: B verifies a token signed by a key A has
 // just created by reloading its keys, at most once every few seconds.
 func TestUnknownKeyReloads(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "kapfhir.db")
-	clock := &kaptest.Clock{}
-	clock.Set(kaptest.Start)
-	a := start(t, openDB(t, path), clock.Now, nil)
-	b := start(t, openDB(t, path), clock.Now, nil)
-	c := newClient(t, a)
+	a, b, c, clock := twoProcesses(t)
 	before := c.token(t, a, clock.Now())
 
 	k1, err := a.RotateKey(t.Context(), audit.System)
@@ -420,12 +427,7 @@ func TestPlaintextKeysSealedOnLoad(t *testing.T) {
 // Requests that arrive together with a token of a new key all verify:
 // those that wait for the one reload use what it loaded.
 func TestUnknownKeyConcurrentRequests(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "kapfhir.db")
-	clock := &kaptest.Clock{}
-	clock.Set(kaptest.Start)
-	a := start(t, openDB(t, path), clock.Now, nil)
-	b := start(t, openDB(t, path), clock.Now, nil)
-	c := newClient(t, a)
+	a, b, c, clock := twoProcesses(t)
 	if _, err := a.RotateKey(t.Context(), audit.System); err != nil {
 		t.Fatal(err)
 	}
