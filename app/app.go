@@ -20,7 +20,6 @@ import (
 	"github.com/kapfhir/kapfhir/fhir/fhirjson"
 	"github.com/kapfhir/kapfhir/mapping"
 	"github.com/kapfhir/kapfhir/outbox"
-	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/seal"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
@@ -163,15 +162,9 @@ func (s *Service) put(ctx context.Context, tx store.Tx, r mapping.Resource, pati
 		return false, nil
 	}
 	now := s.timestamp()
-	mapping.SetMeta(r, cur+1, now)
-	b, err := fhirjson.Marshal(r.Msg)
+	w, err := mapping.Write(r, cur+1, now, hash, fhirjson.Marshal)
 	if err != nil {
 		return false, err
-	}
-	w := resource.Write{
-		Version: resource.Version{Type: r.Type, ID: r.ID, VersionID: cur + 1, LastUpdated: now, JSON: b},
-		Hash:    hash,
-		Index:   mapping.Index(r),
 	}
 	if err := tx.PutVersion(ctx, w); err != nil {
 		return false, err

@@ -8,6 +8,8 @@ import (
 	d4pb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/datatypes_go_proto"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/kapfhir/kapfhir/resource"
 )
 
 // ContentHash is the SHA-256 of the resource type and the deterministic proto
@@ -69,4 +71,24 @@ func metaField(msg proto.Message) protoreflect.FieldDescriptor {
 		return nil
 	}
 	return fd
+}
+
+// Write is r as version versionID of its resource, stored at lastUpdated:
+// meta set, rendered once with render (fhirjson.Marshal), with its content
+// hash and search index. hash, when not nil, is r's ContentHash already
+// computed.
+func Write(r Resource, versionID int64, lastUpdated time.Time, hash []byte, render func(proto.Message) ([]byte, error)) (resource.Write, error) {
+	if hash == nil {
+		hash = ContentHash(r)
+	}
+	SetMeta(r, versionID, lastUpdated)
+	b, err := render(r.Msg)
+	if err != nil {
+		return resource.Write{}, err
+	}
+	return resource.Write{
+		Version: resource.Version{Type: r.Type, ID: r.ID, VersionID: versionID, LastUpdated: lastUpdated, JSON: b},
+		Hash:    hash,
+		Index:   Index(r),
+	}, nil
 }

@@ -110,18 +110,12 @@ func (w *Worker) provenance(it outbox.Item, r result) *resource.Write {
 			t.EHRCopy += "/_history/" + r.ehrVersion
 		}
 	}
-	p := mapping.Provenance(t)
-	mapping.SetMeta(p, 1, at)
-	b, err := fhirjson.Marshal(p.Msg)
+	pw, err := mapping.Write(mapping.Provenance(t), 1, at, nil, fhirjson.Marshal)
 	if err != nil {
 		w.log.Error("rendering a Provenance failed", "item", it.ID, "error", err)
 		return nil
 	}
-	return &resource.Write{
-		Version: resource.Version{Type: p.Type, ID: p.ID, VersionID: 1, LastUpdated: at, JSON: b},
-		Hash:    mapping.ContentHash(p),
-		Index:   mapping.Index(p),
-	}
+	return &pw
 }
 
 // versionRef is "Type/id/_history/version" ("Type/id" without a version).
