@@ -10,6 +10,7 @@ import (
 
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/auth"
+	"github.com/kapfhir/kapfhir/seal"
 	"github.com/kapfhir/kapfhir/store"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -136,7 +137,7 @@ func (s *Service) CreateKeyClient(ctx context.Context, id, name string, role aut
 		return "", fmt.Errorf("access: %w", err)
 	}
 	path := s.KeyFile(id)
-	if err := writeSecret(path, k.PEM); err != nil {
+	if err := seal.WriteSecretFile(path, k.PEM); err != nil {
 		return "", fmt.Errorf("access: client key: %w", err)
 	}
 	if _, _, err := s.PutClient(ctx, c, agent); err != nil {
@@ -144,20 +145,6 @@ func (s *Service) CreateKeyClient(ctx context.Context, id, name string, role aut
 		return "", err
 	}
 	return path, nil
-}
-
-// writeSecret writes a new file readable by its owner only; an existing
-// file is an error (never overwrite a key).
-func writeSecret(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // ClientKey reads a client private key file (PKCS#8 PEM, P-384) and its kid.

@@ -332,7 +332,7 @@ func LoadOrCreateKeyFile(path string) (key []byte, created bool, err error) {
 	if key, err = GenerateKey(); err != nil {
 		return nil, false, err
 	}
-	if err := writeNewFile(path, []byte(EncodeKey(key)+"\n")); err != nil {
+	if err := WriteSecretFile(path, []byte(EncodeKey(key)+"\n")); err != nil {
 		if errors.Is(err, os.ErrExist) { // another process created it first
 			if key, err = keyFromFile(path); err != nil {
 				return nil, false, fmt.Errorf("seal: key file %s: %w", path, err)
@@ -344,9 +344,10 @@ func LoadOrCreateKeyFile(path string) (key []byte, created bool, err error) {
 	return key, true, nil
 }
 
-// writeNewFile writes data to a temporary file (mode 0600) next to path and
-// links it to path, which fails with os.ErrExist when path exists.
-func writeNewFile(path string, data []byte) error {
+// WriteSecretFile writes data to a new file at path with mode 0600, whole
+// or not at all (a temporary file next to it, synced, then linked to
+// path); it fails with os.ErrExist when path exists.
+func WriteSecretFile(path string, data []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
