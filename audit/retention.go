@@ -31,21 +31,26 @@ func (r Retention) Prune(ctx context.Context, agent Agent) (before time.Time, n 
 	return before, n, err
 }
 
+// PruneLogged prunes as kapfhir itself and logs the outcome (ids and
+// counts only).
+func (r Retention) PruneLogged(ctx context.Context) {
+	before, n, err := r.Prune(ctx, System)
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		r.Log.Error("audit retention: prune failed", "error", err)
+	default:
+		r.Log.Info("audit retention: pruned", "records", n, "before", before.Format(time.RFC3339))
+	}
+}
+
 // Run prunes as kapfhir itself now and then every interval until ctx is
 // done. A failed prune is logged and tried again at the next interval.
 func (r Retention) Run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		before, n, err := r.Prune(ctx, System)
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			r.Log.Error("audit retention: prune failed", "error", err)
-		default:
-			r.Log.Info("audit retention: pruned", "records", n, "before", before.Format(time.RFC3339))
-		}
+		r.PruneLogged(ctx)
 		select {
 		case <-ctx.Done():
 			return

@@ -288,8 +288,18 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	}
 	defer mgr.Stop() // workers stop before the store closes
 	if cfg.Audit.Retention > 0 {
+		// Pruned once before serving, then every pruneEvery.
 		r := audit.Retention{Store: st, Period: cfg.Audit.Retention, Source: svc.Installation(), Now: time.Now, Log: log}
-		stopPruner := background(ctx, func(ctx context.Context) { r.Run(ctx, cfg.Audit.PruneEvery) })
+		r.PruneLogged(ctx)
+		stopPruner := background(ctx, func(ctx context.Context) {
+			t := time.NewTimer(cfg.Audit.PruneEvery)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+				r.Run(ctx, cfg.Audit.PruneEvery)
+			}
+		})
 		defer stopPruner() // so does the audit pruner
 	}
 	fhirBase := ""

@@ -114,3 +114,40 @@ func TestAuditTrail(t *testing.T) {
 		t.Errorf("after editing record 3 in the database: %q, %v", out, err)
 	}
 }
+
+// TestRetentionPrunesOnStart: with a retention configured, the real binary
+// prunes before it serves (and every audit.pruneEvery after): the prune is
+// in the trail, by kapfhir itself, and the chain verifies.
+func TestRetentionPrunesOnStart(t *testing.T) {
+	in := start(t, "KAPFHIR_AUDIT_RETENTION=24h")
+	var b struct {
+		Entry []struct {
+			Resource struct {
+				Agent []struct {
+					Requestor bool `json:"requestor"`
+					Who       struct {
+						Identifier struct{ Value string } `json:"identifier"`
+					} `json:"who"`
+				} `json:"agent"`
+			} `json:"resource"`
+		} `json:"entry"`
+	}
+	r := in.do(t, "GET", "/fhir/AuditEvent?subtype=prune", nil)
+	if err := json.Unmarshal(r.body, &b); err != nil || r.status != 200 {
+		t.Fatalf("AuditEvent?subtype=prune: %d %s", r.status, r.body)
+	}
+	var by []string
+	for _, e := range b.Entry {
+		for _, a := range e.Resource.Agent {
+			if a.Requestor {
+				by = append(by, a.Who.Identifier.Value)
+			}
+		}
+	}
+	if len(b.Entry) != 1 || len(by) != 1 || by[0] != "kapfhir" {
+		t.Errorf("prune records: %d, by %v; want one, by kapfhir", len(b.Entry), by)
+	}
+	if v := in.json(t, "GET", "/api/v1/audit/verify", nil, 200); v["intact"] != true {
+		t.Errorf("audit verify after the prune: %v", v)
+	}
+}
