@@ -19,19 +19,12 @@ import (
 // transactions and processes queue behind each other and the chain stays
 // one line.
 
-// Security implements store.Audit and store.Security: reads on a pool,
-// writes each in its own transaction.
-type Security struct {
-	d    *Dialect
-	read Querier
-	snap Snapshot
-	inTx TxFunc
-}
+// Security implements store.Audit and store.Security.
+type Security struct{ conn }
 
-// NewSecurity returns a Security that reads through read (and snap, for
-// reads of several statements) and writes through inTx.
+// NewSecurity returns a Security on the given connections (see conn).
 func NewSecurity(d *Dialect, read Querier, snap Snapshot, inTx TxFunc) Security {
-	return Security{d: d, read: read, snap: snap, inTx: inTx}
+	return Security{conn{d: d, read: read, snap: snap, inTx: inTx}}
 }
 
 // auditCols are the columns scanAudit reads.

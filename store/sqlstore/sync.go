@@ -26,19 +26,22 @@ import (
 // TxFunc runs fn in one write transaction (see store.Store.InTx).
 type TxFunc func(ctx context.Context, fn func(q Querier) error) error
 
-// Queue implements store.Sync: reads on a pool, writes each in its own
-// transaction.
-type Queue struct {
+// conn is how Queue and Security reach the database: reads through read
+// (and snap, for reads of several statements), writes each in its own
+// transaction through inTx.
+type conn struct {
 	d    *Dialect
 	read Querier
 	snap Snapshot
 	inTx TxFunc
 }
 
-// NewQueue returns a Queue that reads through read (and snap, for reads of
-// several statements) and writes through inTx.
+// Queue implements store.Sync.
+type Queue struct{ conn }
+
+// NewQueue returns a Queue on the given connections (see conn).
 func NewQueue(d *Dialect, read Querier, snap Snapshot, inTx TxFunc) Queue {
-	return Queue{d: d, read: read, snap: snap, inTx: inTx}
+	return Queue{conn{d: d, read: read, snap: snap, inTx: inTx}}
 }
 
 // Paging limits of Items and Log.
