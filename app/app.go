@@ -38,10 +38,12 @@ type Options struct {
 	Calendar  treatment.Calendar
 	// IdentifierSystem overrides the per-installation identifier system.
 	IdentifierSystem string
-	CanonicalBase    string
-	Now              func() time.Time // default time.Now
-	NewID            func() string    // default random UUIDs
-	Logger           *slog.Logger
+	// CanonicalBase is the base of kapfhir's canonical URLs; default
+	// mapping.DefaultCanonicalBase.
+	CanonicalBase string
+	Now           func() time.Time // default time.Now
+	NewID         func() string    // default random UUIDs
+	Logger        *slog.Logger
 	// Notify is called after a transaction that enqueued sync work commits
 	// (the sync engine wakes up). Optional.
 	Notify func()
@@ -73,6 +75,9 @@ const metaInstallation = "installation_id"
 // (generated once, kept in the store) and publishes every protocol as a
 // PlanDefinition (a new version only when a protocol changed).
 func New(ctx context.Context, o Options) (*Service, error) {
+	if o.CanonicalBase == "" {
+		o.CanonicalBase = mapping.DefaultCanonicalBase
+	}
 	s := &Service{
 		store:  o.Store,
 		cat:    o.Catalogue,

@@ -32,6 +32,10 @@ type Options struct {
 	CanonicalBase string
 }
 
+// DefaultCanonicalBase is the base of kapfhir's canonical URLs unless an
+// installation sets its own.
+const DefaultCanonicalBase = "https://kapfhir.org/fhir"
+
 func (o Options) base() string { return strings.TrimRight(o.CanonicalBase, "/") }
 
 // codeSystem returns the URL of one of kapfhir's own code systems.

@@ -3,6 +3,9 @@ package ehrclient
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -87,4 +90,92 @@ func ParsePage(b []byte) (Page, error) {
 		p.Entries = append(p.Entries, en)
 	}
 	return p, nil
+}
+
+// EntryResponse is what the sync reads of one entry of a
+// transaction-response: the outcome of the request entry at the same index.
+type EntryResponse struct {
+	// Status is the HTTP status of the entry ("201 Created" is 201).
+	Status int
+	// Location is the written resource's location, "Type/id/_history/v"
+	// (relative or absolute).
+	Location string
+	// ID and VersionID are the EHR's, from the location, the etag or the
+	// resource returned in the entry, whichever says.
+	ID        string
+	VersionID string
+}
+
+// txResponseJSON is the part of a transaction-response the sync reads.
+type txResponseJSON struct {
+	ResourceType string `json:"resourceType"`
+	Type         string `json:"type"`
+	Entry        []struct {
+		Resource struct {
+			ResourceType string `json:"resourceType"`
+			ID           string `json:"id"`
+			Meta         struct {
+				VersionID string `json:"versionId"`
+			} `json:"meta"`
+		} `json:"resource"`
+		Response struct {
+			Status   string `json:"status"`
+			Location string `json:"location"`
+			Etag     string `json:"etag"`
+		} `json:"response"`
+	} `json:"entry"`
+}
+
+// ParseTransactionResponse reads the EHR's answer to a transaction of n
+// entries: one response per request entry, in the same order (FHIR R4
+// http.html#transaction-response). types are the entries' resource types,
+// to find the id in a location.
+func ParseTransactionResponse(b []byte, types []string) ([]EntryResponse, error) {
+	var bj txResponseJSON
+	if err := json.Unmarshal(b, &bj); err != nil {
+		return nil, err
+	}
+	if bj.ResourceType != "Bundle" || bj.Type != "transaction-response" {
+		return nil, errors.New("not a transaction-response Bundle")
+	}
+	if len(bj.Entry) != len(types) {
+		return nil, fmt.Errorf("%d responses to %d entries", len(bj.Entry), len(types))
+	}
+	out := make([]EntryResponse, len(types))
+	for i, e := range bj.Entry {
+		code, _, _ := strings.Cut(strings.TrimSpace(e.Response.Status), " ")
+		st, err := strconv.Atoi(code)
+		if err != nil {
+			return nil, fmt.Errorf("entry %d: status %q", i, e.Response.Status)
+		}
+		r := EntryResponse{Status: st, Location: e.Response.Location}
+		r.ID = IDFromLocation(types[i], r.Location)
+		r.VersionID = versionID(e.Response.Etag, r.Location)
+		if res := e.Resource; res.ResourceType == types[i] {
+			if r.ID == "" {
+				r.ID = res.ID
+			}
+			if r.VersionID == "" {
+				r.VersionID = res.Meta.VersionID
+			}
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// IDFromLocation returns the id of a typ resource in a location
+// (".../Type/id/_history/n", absolute or relative), or "".
+func IDFromLocation(typ, loc string) string {
+	loc = pathOnly(loc)
+	if loc == "" {
+		return ""
+	}
+	parts := strings.Split(strings.TrimRight(loc, "/"), "/")
+	for i := len(parts) - 2; i >= 0; i-- {
+		if parts[i] == typ {
+			return parts[i+1]
+		}
+	}
+	return ""
 }

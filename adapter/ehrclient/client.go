@@ -66,8 +66,11 @@ type Request struct {
 	// Idempotent marks a request safe to repeat: GET, PUT, a conditional
 	// create (If-None-Exist) or a conditional update. Only these are
 	// retried. A POST without If-None-Exist is never retried, whatever this
-	// says.
+	// says (Transaction is the one exception).
 	Idempotent bool
+	// bundle marks a transaction Bundle posted to the base whose entries
+	// are all safe to repeat (see Transaction).
+	bundle bool
 }
 
 // Response is the EHR's answer, whatever its status: a 4xx keeps the body
@@ -225,6 +228,14 @@ func (c *Client) Search(ctx context.Context, typ string, q url.Values) (*Respons
 	return c.Do(ctx, Request{Method: http.MethodGet, Path: p, Idempotent: true})
 }
 
+// Transaction posts a transaction Bundle to the FHIR base URL. The EHR
+// applies all of its entries or none; when every entry is safe to repeat
+// (conditional updates, creates with ifNoneExist) the caller says so with
+// idempotent, and the Bundle is retried as a PUT would be.
+func (c *Client) Transaction(ctx context.Context, bundle []byte, idempotent bool) (*Response, error) {
+	return c.Do(ctx, Request{Method: http.MethodPost, Path: "", Body: bundle, Idempotent: idempotent, bundle: true})
+}
+
 // SMARTConfiguration reads {fhirBaseUrl}/.well-known/smart-configuration,
 // without credentials.
 func (c *Client) SMARTConfiguration(ctx context.Context) (*SMARTConfiguration, error) {
@@ -245,7 +256,7 @@ func (c *Client) exchange(ctx context.Context, r Request) (*Response, string, er
 	if err != nil {
 		return nil, "", err
 	}
-	idem := r.Idempotent && (r.Method != http.MethodPost || r.Header.Get("If-None-Exist") != "")
+	idem := r.Idempotent && (r.Method != http.MethodPost || r.Header.Get("If-None-Exist") != "" || r.bundle)
 	var body any
 	if r.Body != nil {
 		body = r.Body
@@ -323,6 +334,9 @@ func (c *Client) resolve(p string) (string, error) {
 			return "", treatment.Errorf(treatment.KindInvalid, "endpoint %s: URL is not under the FHIR base URL", c.ep.ID)
 		}
 		return p, nil
+	}
+	if p == "" {
+		return c.base, nil // the base itself: a transaction or batch
 	}
 	return c.base + "/" + strings.TrimPrefix(p, "/"), nil
 }

@@ -57,6 +57,7 @@ type Store interface {
 type EHR interface {
 	Do(ctx context.Context, r ehrclient.Request) (*ehrclient.Response, error)
 	Capabilities(ctx context.Context) (*ehrclient.Capabilities, error)
+	Transaction(ctx context.Context, bundle []byte, idempotent bool) (*ehrclient.Response, error)
 }
 
 // Options configures a Worker.
@@ -98,6 +99,9 @@ type Worker struct {
 	// the pause before the next lease grows with it.
 	outage int
 	leases atomic.Int64
+	// noTransactions is set once the EHR refuses transaction Bundles as
+	// unsupported (404, 405, 501) although it advertises them.
+	noTransactions atomic.Bool
 
 	// lookupMu serialises patient look-ups; lookedUp holds the answers
 	// looked up ahead for the batches about to be leased.
@@ -405,17 +409,7 @@ func identifierQuery(ident string) string {
 // ehrIDFrom returns the EHR's id of a written resource from Location
 // (".../Type/id/_history/n") or "" when there is none.
 func ehrIDFrom(typ string, resp *ehrclient.Response) string {
-	loc := resp.Location
-	if loc == "" {
-		return ""
-	}
-	parts := strings.Split(strings.TrimRight(loc, "/"), "/")
-	for i := len(parts) - 2; i >= 0; i-- {
-		if parts[i] == typ {
-			return parts[i+1]
-		}
-	}
-	return ""
+	return ehrclient.IDFromLocation(typ, resp.Location)
 }
 
 func success(status int) bool { return status == http.StatusOK || status == http.StatusCreated }

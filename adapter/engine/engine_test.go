@@ -1,10 +1,12 @@
 package engine_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"strings"
 	"sync"
@@ -28,6 +30,10 @@ import (
 // behaviour is tested end to end against the test EHR (test/e2e).
 type scriptedEHR struct {
 	conditionalUpdate, conditionalCreate bool
+	// transaction advertises transaction Bundles; txRefuse, when set, is
+	// the status every transaction is answered with.
+	transaction bool
+	txRefuse    int
 
 	mu     sync.Mutex
 	next   int
@@ -68,7 +74,7 @@ func (e *scriptedEHR) put(typ, id, body string) {
 func (e *scriptedEHR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	path := strings.TrimPrefix(r.URL.Path, "/fhir/")
+	path := strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/fhir"), "/")
 	e.requests = append(e.requests, r.Method+" "+path)
 	w.Header().Set("Content-Type", "application/fhir+json")
 	body, _ := io.ReadAll(r.Body)
@@ -88,7 +94,13 @@ func (e *scriptedEHR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case path == "metadata":
-		fmt.Fprintf(w, `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[%s]}]}`, e.resources())
+		tx := ""
+		if e.transaction {
+			tx = `,"interaction":[{"code":"transaction"}]`
+		}
+		fmt.Fprintf(w, `{"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[%s]%s}]}`, e.resources(), tx)
+	case r.Method == http.MethodPost && path == "":
+		e.transact(w, body)
 	case r.Method == http.MethodGet && id == "":
 		// identifier=a,b,... is any of them (FHIR search OR).
 		var entries []string
@@ -138,6 +150,81 @@ func (e *scriptedEHR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		w.WriteHeader(http.StatusMethodNotAllowed)
 	}
+}
+
+// transact applies a transaction Bundle of conditional updates, all or
+// nothing: placeholders (urn:uuid fullUrls) are replaced with the ids
+// assigned, a reference to a placeholder no entry has is refused (400), an
+// identifier matching several resources refuses the Bundle (412).
+func (e *scriptedEHR) transact(w http.ResponseWriter, body []byte) {
+	fail := func(status int, code string) {
+		w.WriteHeader(status)
+		fmt.Fprintf(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":%q}]}`, code)
+	}
+	if e.txRefuse != 0 {
+		fail(e.txRefuse, "not-supported")
+		return
+	}
+	var b struct {
+		ResourceType, Type string
+		Entry              []struct {
+			FullURL  string          `json:"fullUrl"`
+			Resource json.RawMessage `json:"resource"`
+			Request  struct{ Method, URL string }
+		}
+	}
+	if err := json.Unmarshal(body, &b); err != nil || b.ResourceType != "Bundle" || b.Type != "transaction" {
+		fail(http.StatusBadRequest, "structure")
+		return
+	}
+	type planned struct{ typ, id, status, body string }
+	var plan []planned
+	ids := map[string]string{} // fullUrl -> Type/id
+	next := e.next
+	for _, en := range b.Entry {
+		typ, q, _ := strings.Cut(en.Request.URL, "?")
+		v, err := url.ParseQuery(q)
+		if en.Request.Method != http.MethodPut || err != nil || v.Get("identifier") == "" {
+			fail(http.StatusBadRequest, "not-supported")
+			return
+		}
+		p := planned{typ: typ, status: "200 OK"}
+		switch m := e.matches(typ, v.Get("identifier")); len(m) {
+		case 0:
+			next++
+			p.id, p.status = fmt.Sprintf("e%d", next), "201 Created"
+		case 1:
+			p.id = m[0]
+		default:
+			fail(http.StatusPreconditionFailed, "duplicate")
+			return
+		}
+		if en.FullURL != "" {
+			ids[en.FullURL] = typ + "/" + p.id
+		}
+		p.body = string(en.Resource)
+		plan = append(plan, p)
+	}
+	placeholder := regexp.MustCompile(`"reference":"(urn:uuid:[0-9a-f-]+)"`)
+	for i := range plan {
+		bad := false
+		plan[i].body = placeholder.ReplaceAllStringFunc(plan[i].body, func(m string) string {
+			ref, ok := ids[placeholder.FindStringSubmatch(m)[1]]
+			bad = bad || !ok
+			return `"reference":"` + ref + `"`
+		})
+		if bad {
+			fail(http.StatusBadRequest, "not-found")
+			return
+		}
+	}
+	e.next = next
+	var out []string
+	for _, p := range plan {
+		e.put(p.typ, p.id, p.body)
+		out = append(out, fmt.Sprintf(`{"response":{"status":%q,"location":"%s/%s/_history/1","etag":"W/\"1\""}}`, p.status, p.typ, p.id))
+	}
+	fmt.Fprintf(w, `{"resourceType":"Bundle","type":"transaction-response","entry":[%s]}`, strings.Join(out, ","))
 }
 
 func mustUnescape(s string) string {
@@ -251,17 +338,18 @@ func (f *fixture) once(t *testing.T) int {
 
 func TestWriteStrategies(t *testing.T) {
 	for _, tt := range []struct {
-		name               string
-		condUpdate, create bool
-		wantWrite          string
+		name                   string
+		condUpdate, create, tx bool
+		wantWrite              string
 	}{
-		{"conditional update", true, true, "PUT CarePlan"},
-		{"search, then create with If-None-Exist", false, true, "POST CarePlan"},
-		{"search, then plain create", false, false, "POST CarePlan"},
+		{"transaction of conditional updates", true, true, true, "POST "},
+		{"conditional update", true, true, false, "PUT CarePlan"},
+		{"search, then create with If-None-Exist", false, true, false, "POST CarePlan"},
+		{"search, then plain create", false, false, false, "POST CarePlan"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ehr := newScriptedEHR()
-			ehr.conditionalUpdate, ehr.conditionalCreate = tt.condUpdate, tt.create
+			ehr.conditionalUpdate, ehr.conditionalCreate, ehr.transaction = tt.condUpdate, tt.create, tt.tx
 			f := newFixture(t, ehr)
 			f.run(t)
 			if st := f.states(t); st[outbox.Succeeded] == 0 || st[outbox.Dead]+st[outbox.Pending]+st[outbox.Retrying] != 0 {
@@ -295,8 +383,16 @@ func TestWriteStrategies(t *testing.T) {
 }
 
 func TestRejectedContentIsDeadWithTheOutcome(t *testing.T) {
+	for _, tx := range []bool{false, true} {
+		t.Run(fmt.Sprintf("transaction %v", tx), func(t *testing.T) { testRejectedContent(t, tx) })
+	}
+}
+
+// testRejectedContent: in a transaction, the refused Bundle is written
+// again one resource at a time, so that only the rejected one is dead.
+func testRejectedContent(t *testing.T, tx bool) {
 	ehr := newScriptedEHR()
-	ehr.conditionalUpdate = true
+	ehr.conditionalUpdate, ehr.transaction = true, tx
 	f := newFixture(t, ehr)
 	prog, _ := f.svc.Program(t.Context(), f.progID)
 	victim := prog.Sessions[0].ID
@@ -323,10 +419,10 @@ func TestRejectedContentIsDeadWithTheOutcome(t *testing.T) {
 }
 
 func TestDuplicateInTheEHRIsReportedNotFixed(t *testing.T) {
-	for _, condUpdate := range []bool{true, false} {
-		t.Run(fmt.Sprintf("conditional update %v", condUpdate), func(t *testing.T) {
+	for _, tt := range []struct{ condUpdate, tx bool }{{true, true}, {true, false}, {false, false}} {
+		t.Run(fmt.Sprintf("conditional update %v, transaction %v", tt.condUpdate, tt.tx), func(t *testing.T) {
 			ehr := newScriptedEHR()
-			ehr.conditionalUpdate, ehr.conditionalCreate = condUpdate, true
+			ehr.conditionalUpdate, ehr.conditionalCreate, ehr.transaction = tt.condUpdate, true, tt.tx
 			f := newFixture(t, ehr)
 			prog, _ := f.svc.Program(t.Context(), f.progID)
 			dup := prog.Sessions[1].ID

@@ -30,6 +30,14 @@ type batch struct {
 	// loads are the items' stored versions, read and parsed ahead of their
 	// writes (see loadAhead).
 	loads map[int64]*loaded
+	// bundled are the fullUrls of the entries of the transaction Bundle
+	// being built that the EHR does not hold yet (see transaction).
+	bundled map[resource.Key]string
+	// wrote records a write sent to the EHR (its audit record) and returns
+	// r stamped with the time of the answer.
+	wrote func(it outbox.Item, r result, err error) result
+	// keep reports whether the batch's lease is still held.
+	keep func() bool
 }
 
 // loaded is one item's stored version, read and parsed while the writes
@@ -109,7 +117,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 	results := map[int64]result{}
 	// audits are the audit records of the writes sent, per item.
 	audits := map[int64][]audit.Record{}
-	wrote := func(it outbox.Item, r result, err error) result {
+	bt.wrote = func(it outbox.Item, r result, err error) result {
 		r.at = w.o.Now()
 		if rec, ok := w.writeRecord(it, r, err); ok {
 			audits[it.ID] = append(audits[it.ID], rec)
@@ -139,7 +147,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 			}
 		}
 	}()
-	keep := func() bool { return !lost.Load() }
+	bt.keep = func() bool { return !lost.Load() }
 	// finish records every item's result in one transaction, in p, and
 	// returns how many items it finishes (not released).
 	finish := func() int {
@@ -180,13 +188,29 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 		return finish(), nil
 	}
 
+	rest := items
+	if caps, err := w.capabilities(ctx); err == nil && w.useTransactions(caps) && len(items) > 1 {
+		var halt bool
+		rest, stop, halt = bt.transactions(ctx, items, results)
+		if halt {
+			if !bt.keep() {
+				return 0, nil
+			}
+			return finish(), stop
+		}
+	}
 	var again []outbox.Item
 	for _, it := range items {
-		if !keep() {
+		if r, ok := results[it.ID]; ok && (r.outcome == outbox.Sent || r.outcome == outbox.Unchanged) && len(r.deferred) > 0 {
+			again = append(again, it) // written in a transaction without some references
+		}
+	}
+	for _, it := range rest {
+		if !bt.keep() {
 			return 0, nil
 		}
 		r, err := bt.write(ctx, it)
-		r = wrote(it, r, err)
+		r = bt.wrote(it, r, err)
 		if err != nil {
 			if isAuth(err) {
 				stop = w.authFailed(ctx, err)
@@ -213,7 +237,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 		if stop != nil || ctx.Err() != nil {
 			break
 		}
-		if !keep() {
+		if !bt.keep() {
 			return 0, nil
 		}
 		first := results[it.ID]
@@ -222,7 +246,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 		l.EHRID, l.EHRVersion, l.SentHash = first.ehrID, first.ehrVersion, first.hash
 		bt.links[k] = l
 		r, err := bt.write(ctx, l)
-		r = wrote(it, r, err)
+		r = bt.wrote(it, r, err)
 		switch {
 		case err != nil && isAuth(err):
 			stop = w.authFailed(ctx, err)
@@ -308,6 +332,9 @@ func (bt *batch) resolver(ctx context.Context) outbound.Resolver {
 		if !bt.w.ep.Pushes(k.Type) && k.Type != "Patient" {
 			return "", outbound.Never
 		}
+		if u, ok := bt.bundled[k]; ok {
+			return u, outbound.Bundled
+		}
 		if bt.queue[k] {
 			return "", outbound.Later
 		}
@@ -324,45 +351,52 @@ func (bt *batch) resolver(ctx context.Context) outbound.Resolver {
 	}
 }
 
+// ready reads what it needs to send it: the item's stored version and the
+// EHR's capabilities. When ok is false, nothing is to be sent and r says
+// why; the error is for an unreadable version or an unreachable EHR.
+func (bt *batch) ready(ctx context.Context, it outbox.Item) (ld *loaded, caps *ehrclient.Capabilities, r result, ok bool, err error) {
+	w := bt.w
+	k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
+	delete(bt.queue, k)
+	ld = bt.loads[it.ID]
+	<-ld.ready
+	if ld.notFound {
+		// Deleted or never stored: nothing to send.
+		return ld, nil, result{outcome: outbox.Unchanged, version: it.WantVersion, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: it.SentHash}, false, nil
+	}
+	if ld.err != nil {
+		return ld, nil, result{}, false, fmt.Errorf("read %s: %w", k.Ref(), ld.err)
+	}
+	v := ld.v
+	if k.Type == "Patient" && !w.ep.CreatePatients {
+		return ld, nil, result{outcome: outbox.Reject, version: v.VersionID, errMsg: "creating patients in this EHR is not enabled (createPatients)"}, false, nil
+	}
+	if bt.patientErr != "" && k.Type != "Patient" {
+		return ld, nil, result{outcome: outbox.Retry, version: v.VersionID, errMsg: bt.patientErr}, false, nil
+	}
+	caps, err = w.capabilities(ctx)
+	if err != nil {
+		return ld, nil, result{}, false, err
+	}
+	if desc, ok := Strategy(caps, k.Type); !ok {
+		return ld, nil, result{outcome: outbox.Reject, version: v.VersionID, errMsg: desc}, false, nil
+	}
+	return ld, caps, result{}, true, nil
+}
+
 // write sends one item's current version and reports the outcome. It
 // returns an error only when the EHR is unreachable or refuses the
 // credentials (or ctx ends).
 func (bt *batch) write(ctx context.Context, it outbox.Item) (result, error) {
-	w := bt.w
 	k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
-	delete(bt.queue, k)
-	ld := bt.loads[it.ID]
-	<-ld.ready
-	if ld.notFound {
-		// Deleted or never stored: nothing to send.
-		return result{outcome: outbox.Unchanged, version: it.WantVersion, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: it.SentHash}, nil
-	}
-	if ld.err != nil {
-		return result{}, fmt.Errorf("read %s: %w", k.Ref(), ld.err)
+	ld, caps, r, ok, err := bt.ready(ctx, it)
+	if !ok {
+		return r, err
 	}
 	v := ld.v
-	if k.Type == "Patient" && !w.ep.CreatePatients {
-		return result{outcome: outbox.Reject, version: v.VersionID, errMsg: "creating patients in this EHR is not enabled (createPatients)"}, nil
-	}
-	if bt.patientErr != "" && k.Type != "Patient" {
-		return result{outcome: outbox.Retry, version: v.VersionID, errMsg: bt.patientErr}, nil
-	}
-	caps, err := w.capabilities(ctx)
-	if err != nil {
-		return result{}, err
-	}
-	if desc, ok := Strategy(caps, k.Type); !ok {
-		return result{outcome: outbox.Reject, version: v.VersionID, errMsg: desc}, nil
-	}
 	rc := caps.Resources[k.Type]
-	prep := func(ehrID string) (outbound.Prepared, error) {
-		if ld.parseErr != nil {
-			return outbound.Prepared{}, ld.parseErr
-		}
-		return ld.parsed.Prepare(w.o.IdentifierSystem, ehrID, bt.resolver(ctx))
-	}
+	prep := bt.prepFunc(ctx, ld)
 
-	var r result
 	if rc.ConditionalUpdate && caps.Supports(k.Type, "update") {
 		r, err = bt.conditionalUpdate(ctx, it, prep)
 	} else {
@@ -372,15 +406,21 @@ func (bt *batch) write(ctx context.Context, it outbox.Item) (result, error) {
 	if err != nil {
 		return r, err
 	}
-	if r.outcome == outbox.Sent || r.outcome == outbox.Unchanged {
-		l := bt.links[k]
-		l.EHRID, l.EHRVersion = r.ehrID, r.ehrVersion
-		bt.links[k] = l
-		if k.Type == "Patient" && k.ID == bt.b.PatientID && r.ehrID != "" {
-			bt.patientEHRID, bt.patientErr = r.ehrID, ""
-		}
-	}
+	bt.link(k, r)
 	return r, nil
+}
+
+// link records in the batch's crosswalk where the EHR holds k after r.
+func (bt *batch) link(k resource.Key, r result) {
+	if r.outcome != outbox.Sent && r.outcome != outbox.Unchanged {
+		return
+	}
+	l := bt.links[k]
+	l.EHRID, l.EHRVersion = r.ehrID, r.ehrVersion
+	bt.links[k] = l
+	if k.Type == "Patient" && k.ID == bt.b.PatientID && r.ehrID != "" {
+		bt.patientEHRID, bt.patientErr = r.ehrID, ""
+	}
 }
 
 type prepFunc func(ehrID string) (outbound.Prepared, error)
@@ -394,7 +434,7 @@ func (bt *batch) conditionalUpdate(ctx context.Context, it outbox.Item, prep pre
 	if bytes.Equal(p.Hash, it.SentHash) && it.EHRID != "" && it.SentVersion > 0 {
 		return result{outcome: outbox.Unchanged, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: p.Hash, deferred: p.Deferred}, nil
 	}
-	path := it.ResourceType + "?" + identifierQuery(p.Identifier)
+	path := outbound.ConditionalURL(p)
 	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPut, Path: path, Body: p.Body, Idempotent: true})
 	if err != nil {
 		return result{request: pathOnly(http.MethodPut, path)}, err // attempted: audited

@@ -33,6 +33,10 @@ const (
 	Later
 	// Never: it is not sent to this EHR; the reference is dropped for good.
 	Never
+	// Bundled: it is sent in the same transaction Bundle; the returned id
+	// is its entry's fullUrl (urn:uuid:...), which the reference becomes
+	// and the EHR replaces with its id. Reported in Prepared.Bundled.
+	Bundled
 )
 
 // Resolver maps one of kapfhir's resources to the EHR's id for it.
@@ -54,6 +58,12 @@ type Prepared struct {
 	// MissingPatient is set when a reference to a Patient could not be
 	// resolved: such a body must not be sent.
 	MissingPatient *resource.Key
+	// Bundled are the references made to other entries of a transaction
+	// Bundle: Hash is then not what the EHR will hold, and is to be
+	// computed again once their ids are known.
+	Bundled []resource.Key
+	// Resource is the body as a resource, for a transaction Bundle's entry.
+	Resource *bcrpb.ContainedResource
 }
 
 // Prepare builds the body for stored (a FHIR JSON resource as kapfhir stores
@@ -124,6 +134,10 @@ func (pr *Parsed) Prepare(identifierSystem, ehrID string, resolve Resolver) (Pre
 		case t == Resolved && ehr != "":
 			ref.Reference = &d4pb.Reference_Uri{Uri: &d4pb.String{Value: typ + "/" + ehr}}
 			return false
+		case t == Bundled && ehr != "":
+			ref.Reference = &d4pb.Reference_Uri{Uri: &d4pb.String{Value: ehr}}
+			p.Bundled = append(p.Bundled, key)
+			return false
 		case typ == "Patient":
 			p.MissingPatient = &key
 			return false
@@ -141,6 +155,7 @@ func (pr *Parsed) Prepare(identifierSystem, ehrID string, resolve Resolver) (Pre
 	}
 	sum := sha256.Sum256(p.Body)
 	p.Hash = sum[:]
+	p.Resource = cr
 	return p, nil
 }
 

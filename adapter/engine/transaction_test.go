@@ -1,0 +1,187 @@
+package engine_test
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kapfhir/kapfhir/adapter/ehrclient"
+	"github.com/kapfhir/kapfhir/adapter/engine"
+	"github.com/kapfhir/kapfhir/app"
+	"github.com/kapfhir/kapfhir/audit"
+	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/treatment"
+)
+
+// requestsSince returns the EHR's requests from index i on.
+func requestsSince(ehr *scriptedEHR, i int) []string {
+	ehr.mu.Lock()
+	defer ehr.mu.Unlock()
+	return append([]string(nil), ehr.requests[i:]...)
+}
+
+func writesIn(reqs []string) []string {
+	var out []string
+	for _, r := range reqs {
+		if strings.HasPrefix(r, "PUT ") || strings.HasPrefix(r, "POST ") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// restart replaces the fixture's worker with a new one (a restarted
+// process: nothing cached).
+func (f *fixture) restart(t *testing.T) {
+	t.Helper()
+	client, err := ehrclient.New(f.ep, ehrclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.w = engine.New(engine.Options{Endpoint: f.ep, IdentifierSystem: f.svc.IdentifierSystem(), Source: f.svc.Installation(), Store: f.db, EHR: client, Owner: "test"})
+}
+
+// An EHR that advertises transactions gets a patient's batch as one
+// transaction Bundle: each resource written once (the CarePlan ↔
+// Appointment cycle through urn:uuid placeholders), every reference
+// resolved to the EHR's ids, one audit record and one Provenance per
+// resource; a second full sync sends nothing, by either strategy.
+func TestTransactionWritesEachResourceOnce(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate, ehr.transaction = true, true
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	f.run(t)
+	if st := f.states(t); st[outbox.Succeeded] != 16 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
+		t.Fatalf("states: %v, want 16 succeeded", st)
+	}
+	n := f.once(t)
+	if w := writesIn(requestsSince(ehr, 0)); len(w) != 1 || w[0] != "POST " {
+		t.Errorf("writes: %v, want one transaction", w)
+	}
+
+	// The EHR's copies refer to each other by the EHR's ids.
+	ehr.mu.Lock()
+	refRE := regexp.MustCompile(`"reference":"([^"]+)"`)
+	refs := 0
+	for typ, byID := range ehr.stored {
+		for id, body := range byID {
+			if strings.Contains(body, `"reference":"urn:uuid:`) {
+				t.Errorf("%s/%s holds a placeholder: %s", typ, id, body)
+			}
+			for _, m := range refRE.FindAllStringSubmatch(body, -1) {
+				rt, rid, _ := strings.Cut(m[1], "/")
+				if _, ok := ehr.stored[rt][rid]; !ok {
+					t.Errorf("%s/%s refers to %s, which the EHR does not hold", typ, id, m[1])
+				}
+				refs++
+			}
+		}
+	}
+	plans := len(ehr.stored["CarePlan"])
+	var plan string
+	for _, b := range ehr.stored["CarePlan"] {
+		plan = b
+	}
+	ehr.mu.Unlock()
+	if plans != 1 || !strings.Contains(plan, `"Appointment/`) || !strings.Contains(plan, `"Goal/`) {
+		t.Errorf("the EHR's CarePlan lacks its activities or goals: %s", plan)
+	}
+	if refs < n {
+		t.Errorf("%d references in the EHR for %d resources", refs, n)
+	}
+
+	// One record per resource, naming the entry; one Provenance each.
+	recs := outboundWrites(t, f)
+	if len(recs) != n {
+		t.Errorf("%d outbound-write records for %d resources", len(recs), n)
+	}
+	for _, r := range recs {
+		typ, _, _ := strings.Cut(r.Entities[0].Ref, "/")
+		if r.Outcome != audit.Success || r.Detail[engine.DetailRequest] != "PUT "+typ+" (transaction entry)" || r.Detail[engine.DetailStatus] != "201" || r.Detail[engine.DetailEHRID] == "" {
+			t.Errorf("record %d: %v %v", r.Seq, r.Outcome, r.Detail)
+		}
+	}
+	if got := provenances(t, f); got != n {
+		t.Errorf("%d Provenances for %d resources", got, n)
+	}
+
+	// Nothing changed: nothing sent, by transaction or one by one.
+	for _, tx := range []bool{true, false} {
+		ehr.mu.Lock()
+		ehr.transaction = tx
+		ehr.mu.Unlock()
+		f.restart(t)
+		before := len(requestsSince(ehr, 0))
+		if _, err := f.db.Backfill(ctx, "ehr", f.ep.ResourceTypes, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		f.run(t)
+		if w := writesIn(requestsSince(ehr, before)); len(w) != 0 {
+			t.Errorf("transaction %v: a second full sync wrote %v", tx, w)
+		}
+	}
+
+	// A change is an update of the same EHR resources, in one transaction.
+	ehr.mu.Lock()
+	ehr.transaction = true
+	ehr.mu.Unlock()
+	f.restart(t)
+	before := len(requestsSince(ehr, 0))
+	prog, _ := f.svc.Program(ctx, f.progID)
+	if _, err := f.svc.UpdateSession(ctx, prog.Sessions[0].ID, app.SessionChange{Status: "booked"}); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	if w := writesIn(requestsSince(ehr, before)); len(w) > 1 {
+		t.Errorf("a change wrote %v", w)
+	}
+	if got := f.once(t); got != n {
+		t.Errorf("%d items after the change, %d before", got, n)
+	}
+}
+
+// An EHR that lists transactions but refuses them as unsupported: the
+// batch is written one resource at a time, the refused attempt is in the
+// audit trail, and later batches go one by one without trying again.
+func TestTransactionRefusedAsUnsupported(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate, ehr.transaction, ehr.txRefuse = true, true, 405
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	f.run(t)
+	if st := f.states(t); st[outbox.Succeeded] != 16 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
+		t.Fatalf("states: %v, want 16 succeeded", st)
+	}
+	f.once(t)
+	refused := 0
+	for _, r := range outboundWrites(t, f) {
+		if strings.HasSuffix(r.Detail[engine.DetailRequest], "(transaction entry)") {
+			refused++
+			if r.Outcome != audit.MinorFailure || r.Detail[engine.DetailStatus] != "405" {
+				t.Errorf("refused transaction's record: %v %v", r.Outcome, r.Detail)
+			}
+		}
+	}
+	if refused != 16 {
+		t.Errorf("%d records of the refused transaction, want one per resource (16)", refused)
+	}
+
+	ehr.put("Patient", "ehr-m2", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M2"}]}`)
+	p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: "M2"}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
+		t.Fatal(err)
+	}
+	before := len(requestsSince(ehr, 0))
+	f.run(t)
+	for _, r := range requestsSince(ehr, before) {
+		if r == "POST " {
+			t.Errorf("a transaction was tried again after the EHR refused it as unsupported")
+		}
+	}
+	f.once(t)
+}
