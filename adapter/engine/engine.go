@@ -102,6 +102,9 @@ type Worker struct {
 	// noTransactions is set once the EHR refuses transaction Bundles as
 	// unsupported (404, 405, 501) although it advertises them.
 	noTransactions atomic.Bool
+	// txMax is the most entries the EHR was seen to take in a transaction
+	// Bundle (0: not known to be bounded).
+	txMax atomic.Int64
 
 	// lookupMu serialises patient look-ups; lookedUp holds the answers
 	// looked up ahead for the batches about to be leased.

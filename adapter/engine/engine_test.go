@@ -34,6 +34,9 @@ type scriptedEHR struct {
 	// the status every transaction is answered with.
 	transaction bool
 	txRefuse    int
+	// txMax, when set, refuses (400) a transaction of more entries, as
+	// Medplum does past 8 conditional updates.
+	txMax int
 
 	mu     sync.Mutex
 	next   int
@@ -175,6 +178,10 @@ func (e *scriptedEHR) transact(w http.ResponseWriter, body []byte) {
 	}
 	if err := json.Unmarshal(body, &b); err != nil || b.ResourceType != "Bundle" || b.Type != "transaction" {
 		fail(http.StatusBadRequest, "structure")
+		return
+	}
+	if e.txMax > 0 && len(b.Entry) > e.txMax {
+		fail(http.StatusBadRequest, "too-costly")
 		return
 	}
 	type planned struct{ typ, id, status, body string }

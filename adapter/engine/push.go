@@ -199,12 +199,6 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 			return finish(), stop
 		}
 	}
-	var again []outbox.Item
-	for _, it := range items {
-		if r, ok := results[it.ID]; ok && (r.outcome == outbox.Sent || r.outcome == outbox.Unchanged) && len(r.deferred) > 0 {
-			again = append(again, it) // written in a transaction without some references
-		}
-	}
 	for _, it := range rest {
 		if !bt.keep() {
 			return 0, nil
@@ -226,7 +220,10 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 		}
 		w.reachable()
 		results[it.ID] = r
-		if (r.outcome == outbox.Sent || r.outcome == outbox.Unchanged) && len(r.deferred) > 0 {
+	}
+	var again []outbox.Item
+	for _, it := range items {
+		if r, ok := results[it.ID]; ok && (r.outcome == outbox.Sent || r.outcome == outbox.Unchanged) && len(r.deferred) > 0 {
 			again = append(again, it)
 		}
 	}

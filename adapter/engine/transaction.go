@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/kapfhir/kapfhir/adapter/ehrclient"
 	"github.com/kapfhir/kapfhir/adapter/outbound"
@@ -12,8 +13,8 @@ import (
 	"github.com/kapfhir/kapfhir/resource"
 )
 
-// maxTransactionEntries bounds a transaction Bundle: a larger batch (a
-// patient with years of measurements) is sent in several, in push order.
+// maxTransactionEntries is the most entries kapfhir puts in a transaction
+// Bundle until the EHR shows it takes fewer (see transactions).
 const maxTransactionEntries = 100
 
 // txRequest is the request line an entry's audit record names: the entry's
@@ -34,26 +35,56 @@ func (w *Worker) useTransactions(caps *ehrclient.Capabilities) bool {
 	return caps.Transaction && !w.noTransactions.Load()
 }
 
+// txLimit is the most entries a transaction Bundle to this EHR carries.
+func (w *Worker) txLimit() int {
+	if n := int(w.txMax.Load()); n > 0 {
+		return n
+	}
+	return maxTransactionEntries
+}
+
+// txOutcome is what became of one transaction Bundle.
+type txOutcome int
+
+const (
+	txNone    txOutcome = iota // nothing to send (unchanged, or not preparable)
+	txOne                      // a single entry: written on its own instead
+	txApplied                  // the EHR applied it
+	txRefused                  // the EHR refused it as a whole (4xx)
+	txFailed                   // throttled or failing after retries: the entries retry later
+	txHalt                     // the batch stops here (see transactions)
+)
+
 // transactions writes items as transaction Bundles of conditional updates
 // (PUT Type?identifier=system|value). Within a Bundle, references to
 // entries the EHR does not hold yet are the entries' urn:uuid fullUrls,
 // which the EHR replaces with the ids it assigns: the CarePlan ↔
 // Appointment cycle is written in one request, each resource once.
 //
+// EHRs bound transactions (Medplum takes at most 8 entries when any is a
+// conditional update). A Bundle the EHR refuses is split in two and each
+// half sent again, down to single resources, which are written on their
+// own: so a resource the EHR rejects ends up dead alone, with the EHR's
+// OperationOutcome, and the rest is written. When halves went through
+// where the whole did not (and nothing was rejected on its own), the EHR's
+// bound is learned and later batches keep under it. A resource written
+// with references dropped to entries of a later Bundle (the CarePlan, when
+// its Appointments take several Bundles) travels again in the next Bundle,
+// where they resolve.
+//
 // It fills results (recording each write through bt.wrote) and returns the
 // items to write one by one: those of a type the EHR cannot update
-// conditionally, a Bundle of a single entry, and those of a transaction
-// the EHR refused (so that one rejected resource is dead alone and the
-// rest are written). halt is set when the batch is to stop here, as the
-// one-by-one path stops: credentials refused (stop), the EHR unreachable,
-// ctx ended or the lease lost.
+// conditionally, single resources, and all of them when the EHR refuses
+// transactions as unsupported. halt is set when the batch is to stop
+// here, as the one-by-one path stops: credentials refused (stop), the EHR
+// unreachable, ctx ended or the lease lost.
 func (bt *batch) transactions(ctx context.Context, items []outbox.Item, results map[int64]result) (rest []outbox.Item, stop error, halt bool) {
-	var cands []txEntry
+	var pending []txEntry
 	for i, it := range items {
 		ld, caps, r, ok, err := bt.ready(ctx, it)
 		if err != nil {
 			// Met again, and handled, on the one-by-one path.
-			for _, c := range cands {
+			for _, c := range pending {
 				rest = append(rest, c.it)
 			}
 			return append(rest, items[i:]...), nil, false
@@ -67,21 +98,77 @@ func (bt *batch) transactions(ctx context.Context, items []outbox.Item, results 
 			rest = append(rest, it)
 			continue
 		}
-		cands = append(cands, txEntry{it: it, ld: ld})
+		pending = append(pending, txEntry{it: it, ld: ld})
 	}
-	for start := 0; start < len(cands); start += maxTransactionEntries {
-		chunk := cands[start:min(start+maxTransactionEntries, len(cands))]
-		refused, err, halted := bt.transaction(ctx, chunk, results)
-		rest = append(rest, refused...)
-		if halted {
-			return rest, err, true
+	limit := bt.w.txLimit()
+	var carry []txEntry
+	refusedMin, appliedMax, alone := 0, 0, false
+	for len(pending) > 0 {
+		if len(carry) >= limit {
+			carry = nil // written again one by one (push's second pass)
 		}
+		n := min(limit-len(carry), len(pending))
+		chunk := append(carry, pending[:n]...)
+		pending, carry = pending[n:], nil
+		sent, out, err := bt.transaction(ctx, chunk, results)
+		switch out {
+		case txHalt:
+			return rest, err, true
+		case txOne:
+			rest = append(rest, sent[0].it)
+		case txApplied:
+			appliedMax = max(appliedMax, len(sent))
+			carry = bt.carried(sent, pending, results)
+		case txRefused:
+			if bt.w.noTransactions.Load() {
+				for _, e := range append(sent, pending...) {
+					rest = append(rest, e.it)
+				}
+				return rest, nil, false
+			}
+			if refusedMin == 0 || len(sent) < refusedMin {
+				refusedMin = len(sent)
+			}
+			if len(sent) <= 2 {
+				// Halves of one: each written on its own.
+				alone = true
+				for _, e := range sent {
+					rest = append(rest, e.it)
+				}
+				continue
+			}
+			limit = (len(sent) + 1) / 2
+			pending = append(slices.Clone(sent), pending...)
+		}
+	}
+	if refusedMin > 0 && !alone && appliedMax > 0 && appliedMax < refusedMin && appliedMax < bt.w.txLimit() {
+		bt.w.log.Info("the EHR refuses larger transaction Bundles; sending at most this many entries", "entries", appliedMax)
+		bt.w.txMax.Store(int64(appliedMax))
 	}
 	return rest, nil, false
 }
 
-// transaction sends one Bundle of entries (see transactions).
-func (bt *batch) transaction(ctx context.Context, chunk []txEntry, results map[int64]result) (refused []outbox.Item, stop error, halt bool) {
+// carried returns the entries of an applied Bundle that were written
+// without references to entries still pending: they go in the next Bundle
+// again, where those references resolve.
+func (bt *batch) carried(sent, pending []txEntry, results map[int64]result) []txEntry {
+	later := map[resource.Key]bool{}
+	for _, e := range pending {
+		later[resource.Key{Type: e.it.ResourceType, ID: e.it.ResourceID}] = true
+	}
+	var out []txEntry
+	for _, e := range sent {
+		r := results[e.it.ID]
+		if r.outcome == outbox.Sent && slices.ContainsFunc(r.deferred, func(k resource.Key) bool { return later[k] }) {
+			out = append(out, txEntry{it: e.it, ld: e.ld})
+		}
+	}
+	return out
+}
+
+// transaction prepares chunk and sends what needs sending as one Bundle
+// (see transactions); sent are the entries it put in the Bundle.
+func (bt *batch) transaction(ctx context.Context, chunk []txEntry, results map[int64]result) (sent []txEntry, out txOutcome, stop error) {
 	w := bt.w
 	// Placeholders for the entries the EHR does not hold yet; the others
 	// are referred to by their EHR ids.
@@ -93,90 +180,89 @@ func (bt *batch) transaction(ctx context.Context, chunk []txEntry, results map[i
 			bt.bundled[k] = outbound.NewPlaceholder()
 		}
 	}
-	var entries []txEntry
 	var bodies []outbound.TxEntry
 	for _, c := range chunk {
 		it := c.it
 		p, r, ok := bt.prepare(it, "", bt.prepFunc(ctx, c.ld))
 		r.version = c.ld.v.VersionID
+		k := p.Key
+		l := bt.links[k]
 		switch {
 		case !ok:
 			results[it.ID] = r
 			continue
-		case len(p.Bundled) == 0 && bytes.Equal(p.Hash, it.SentHash) && it.EHRID != "" && it.SentVersion > 0:
-			results[it.ID] = result{outcome: outbox.Unchanged, version: c.ld.v.VersionID, ehrID: it.EHRID, ehrVersion: it.EHRVersion, hash: p.Hash, deferred: p.Deferred}
+		case len(p.Bundled) == 0 && l.EHRID != "" && bytes.Equal(p.Hash, l.SentHash) && l.SentVersion > 0:
+			results[it.ID] = result{outcome: outbox.Unchanged, version: c.ld.v.VersionID, ehrID: l.EHRID, ehrVersion: l.EHRVersion, hash: p.Hash, deferred: p.Deferred}
 			continue
 		}
 		c.p = p
-		entries = append(entries, c)
-		bodies = append(bodies, outbound.TxEntry{FullURL: bt.bundled[p.Key], Prepared: p})
+		sent = append(sent, c)
+		bodies = append(bodies, outbound.TxEntry{FullURL: bt.bundled[k], Prepared: p})
 	}
 	switch {
-	case len(entries) == 0:
-		return nil, nil, false
-	case len(entries) == 1 && len(entries[0].p.Bundled) == 0:
+	case len(sent) == 0:
+		return nil, txNone, nil
+	case len(sent) == 1 && len(sent[0].p.Bundled) == 0:
 		// One request either way: written on its own.
-		return []outbox.Item{entries[0].it}, nil, false
+		return sent, txOne, nil
 	}
 	body, err := outbound.Transaction(bodies)
 	if err != nil {
 		w.log.Error("building a transaction Bundle failed; writing one resource at a time", "patient", bt.b.PatientID, "error", err)
-		return items(entries), nil, false
+		w.noTransactions.Store(true)
+		return sent, txRefused, nil
 	}
 	if !bt.keep() {
-		return nil, nil, true
+		return sent, txHalt, nil
 	}
 	resp, err := w.o.EHR.Transaction(ctx, body, true)
 	if err != nil {
-		for _, e := range entries {
+		for _, e := range sent {
 			r := bt.wrote(e.it, result{request: txRequest(e.it.ResourceType), version: e.ld.v.VersionID}, err)
-			switch {
-			case isAuth(err), ctx.Err() != nil:
-			default:
+			if !isAuth(err) && ctx.Err() == nil {
 				r.outcome, r.errMsg, r.retryAfter = outbox.Retry, err.Error(), w.backoff(e.it.Attempts+1, 0)
 				results[e.it.ID] = r
 			}
 		}
 		if isAuth(err) {
-			return nil, w.authFailed(ctx, err), true
+			return sent, txHalt, w.authFailed(ctx, err)
 		}
 		if ctx.Err() == nil {
 			w.unreachable()
 		}
-		return nil, nil, true
+		return sent, txHalt, nil
 	}
 	w.reachable()
 	switch {
 	case resp.Status >= 200 && resp.Status < 300:
-		bt.applied(ctx, entries, resp, results)
-		return nil, nil, false
+		bt.applied(ctx, sent, resp, results)
+		return sent, txApplied, nil
 	case resp.Status >= 400 && resp.Status < 500 && resp.Status != http.StatusTooManyRequests:
-		// Refused as a whole (one entry's content, a duplicate, or
-		// transactions themselves): nothing was written. Each resource is
-		// written on its own, so that the EHR's answer names the one it
-		// refuses and the others get through.
-		msg := fmt.Sprintf("the EHR refused the transaction (%d); each resource is written on its own", resp.Status)
-		for _, e := range entries {
-			bt.wrote(e.it, result{outcome: outbox.Retry, status: resp.Status, request: txRequest(e.it.ResourceType), version: e.ld.v.VersionID, errMsg: msg}, nil)
-		}
+		// Refused as a whole (an entry's content, a duplicate, too many
+		// entries, or transactions themselves): nothing was written.
+		msg := fmt.Sprintf("the EHR refused a transaction of %d entries (%d); sent again in smaller ones", len(sent), resp.Status)
 		if resp.Status == http.StatusNotFound || resp.Status == http.StatusMethodNotAllowed {
 			w.log.Warn("the EHR refuses transaction Bundles although its CapabilityStatement lists them; writing one resource at a time from now on", "status", resp.Status)
 			w.noTransactions.Store(true)
+			msg = fmt.Sprintf("the EHR refused the transaction (%d); each resource is written on its own", resp.Status)
 		}
-		return items(entries), nil, false
+		for _, e := range sent {
+			bt.wrote(e.it, result{outcome: outbox.Retry, status: resp.Status, request: txRequest(e.it.ResourceType), version: e.ld.v.VersionID, errMsg: msg}, nil)
+		}
+		return sent, txRefused, nil
 	default:
 		// Throttled or failing after the client's retries: the entries
 		// retry later, together.
 		if resp.Status == http.StatusNotImplemented {
 			w.noTransactions.Store(true)
 		}
-		for _, e := range entries {
+		for _, e := range sent {
 			results[e.it.ID] = bt.wrote(e.it, result{
 				outcome: outbox.Retry, status: resp.Status, request: txRequest(e.it.ResourceType), version: e.ld.v.VersionID,
 				errMsg: fmt.Sprintf("the EHR answered %d to the transaction", resp.Status), opOut: resp.Body, retryAfter: resp.RetryAfter,
 			}, nil)
 		}
-		return nil, nil, false
+		return sent, txFailed, nil
 	}
 }
 
@@ -237,10 +323,3 @@ func (bt *batch) prepFunc(ctx context.Context, ld *loaded) prepFunc {
 	}
 }
 
-func items(es []txEntry) []outbox.Item {
-	out := make([]outbox.Item, len(es))
-	for i, e := range es {
-		out[i] = e.it
-	}
-	return out
-}

@@ -185,3 +185,71 @@ func TestTransactionRefusedAsUnsupported(t *testing.T) {
 	}
 	f.once(t)
 }
+
+// An EHR that takes at most 8 entries per transaction (as Medplum does for
+// conditional updates): the refused Bundle is split until the halves go
+// through, the CarePlan travels again with the later halves until all its
+// Appointments resolve, everything is written once and completely, and
+// the next batch keeps under the bound it learned.
+func TestTransactionBoundIsLearned(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate, ehr.transaction, ehr.txMax = true, true, 8
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	f.run(t)
+	if st := f.states(t); st[outbox.Succeeded] != 16 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
+		t.Fatalf("states: %v, want 16 succeeded", st)
+	}
+	f.once(t)
+	ehr.mu.Lock()
+	var plan string
+	for _, b := range ehr.stored["CarePlan"] {
+		plan = b
+	}
+	appts := len(ehr.stored["Appointment"])
+	ehr.mu.Unlock()
+	if got := strings.Count(plan, `"Appointment/`); got != appts || appts != 13 {
+		t.Errorf("the EHR's CarePlan refers to %d of %d Appointments: %s", got, appts, plan)
+	}
+	refused := func() int {
+		n := 0
+		for _, r := range outboundWrites(t, f) {
+			if r.Detail[engine.DetailStatus] == "400" {
+				n++
+			}
+		}
+		return n
+	}
+	first := refused()
+	if first == 0 {
+		t.Fatal("no transaction was refused; the test tests nothing")
+	}
+
+	ehr.put("Patient", "ehr-m2", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M2"}]}`)
+	p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: "M2"}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
+		t.Fatal(err)
+	}
+	before := len(requestsSince(ehr, 0))
+	f.run(t)
+	if got := refused(); got != first {
+		t.Errorf("%d more refused transaction entries after the bound was learned", got-first)
+	}
+	if w := writesIn(requestsSince(ehr, before)); len(w) > 3 {
+		t.Errorf("the second patient took %d writes: %v", len(w), w)
+	}
+	f.once(t)
+
+	// Nothing changed: nothing sent.
+	before = len(requestsSince(ehr, 0))
+	if _, err := f.db.Backfill(ctx, "ehr", f.ep.ResourceTypes, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	if w := writesIn(requestsSince(ehr, before)); len(w) != 0 {
+		t.Errorf("a second full sync wrote %v", w)
+	}
+}

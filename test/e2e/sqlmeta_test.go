@@ -144,7 +144,7 @@ func TestSQLMetacharacters(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			t.Parallel()
 			env := st.env(t)
-			se := newSyncEnv(t)
+			se := newSyncEnv(t, false)
 			in := start(t, append([]string{"KAPFHIR_CONFIG=" + se.cfgPath, "KAPFHIR_DATA_DIR=" + se.dataDir}, env...)...)
 			s := seedMeta(t, in, se)
 			before := snapshotMeta(t, in, s)

@@ -35,10 +35,12 @@ type syncEnv struct {
 	dataDir string
 }
 
-func newSyncEnv(t *testing.T) *syncEnv {
+// newSyncEnv starts the test EHR; oneByOne makes it an EHR without
+// transaction Bundles, to which kapfhir writes one resource at a time.
+func newSyncEnv(t *testing.T, oneByOne bool) *syncEnv {
 	t.Helper()
 	ehrtest.Require(t)
-	ehr := ehrtest.Start(t, ehrtest.Options{Auth: true})
+	ehr := ehrtest.Start(t, ehrtest.Options{Auth: true, NoTransactions: oneByOne})
 	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -200,9 +202,16 @@ func checkEHR(t *testing.T, s *syncEnv, in *instance) int {
 	return len(keys)
 }
 
+// transactions counts the transaction Bundles the EHR received.
+func transactions(c ehrtest.Counters) int { return c.ByRoute["POST /"] }
+
+// writes counts the FHIR write requests the EHR received (not token requests).
 func writes(c ehrtest.Counters) int {
 	n := 0
 	for route, v := range c.ByRoute {
+		if route == "POST /auth/token" {
+			continue
+		}
 		if strings.HasPrefix(route, "PUT") || strings.HasPrefix(route, "POST") || strings.HasPrefix(route, "PATCH") || strings.HasPrefix(route, "DELETE") {
 			n += v
 		}
@@ -211,11 +220,12 @@ func writes(c ehrtest.Counters) int {
 }
 
 // TestSyncToEHR syncs programmes to a real third-party FHIR server (the
-// test EHR) through the real binary: everything arrives exactly once, a
-// second full sync writes nothing, and a second round under 429/503/reset
-// faults and token expiry still delivers everything exactly once.
+// test EHR, which takes transaction Bundles) through the real binary:
+// everything arrives exactly once, in transactions, a second full sync
+// writes nothing, and a second round under 429/503/reset faults and token
+// expiry still delivers everything exactly once.
 func TestSyncToEHR(t *testing.T) {
-	s := newSyncEnv(t)
+	s := newSyncEnv(t, false)
 	in := s.start(t)
 	for i := range 3 {
 		s.enrol(t, in, fmt.Sprintf("MRN-A%02d", i))
@@ -226,6 +236,12 @@ func TestSyncToEHR(t *testing.T) {
 	}
 	n := checkEHR(t, s, in)
 	t.Logf("%d resources synced", n)
+	// Batches went as transactions (a batch left with one resource to
+	// send goes on its own); the CarePlan ↔ Appointment cycle never needed
+	// a CarePlan written on its own.
+	if c := s.ehr.Counters(t); transactions(c) == 0 || c.ByRoute["PUT CarePlan?identifier"] != 0 {
+		t.Errorf("%d writes, of which %d transactions (%v %v)", writes(c), transactions(c), c.ByRoute, c.ByStatus)
+	}
 	sent := checkSentRecords(t, in, n)
 
 	// A second full sync sends nothing: every body hashes as last sent.
@@ -578,11 +594,58 @@ func patientRef(t *testing.T, appt []byte) string {
 	return ""
 }
 
+// TestSyncOneByOne syncs to an EHR that takes no transaction Bundles:
+// kapfhir writes one resource at a time by conditional update, resolving
+// the CarePlan ↔ Appointment cycle itself; everything arrives exactly
+// once, valid, and a second full sync writes nothing.
+func TestSyncOneByOne(t *testing.T) {
+	s := newSyncEnv(t, true)
+	in := s.start(t)
+	for i := range 2 {
+		s.enrol(t, in, fmt.Sprintf("MRN-O%02d", i))
+	}
+	st := drain(t, in)
+	if st["dead"].(float64) != 0 {
+		t.Fatalf("dead items after a clean sync: %v", st)
+	}
+	n := checkEHR(t, s, in)
+	c := s.ehr.Counters(t)
+	if transactions(c) != 0 || c.ByRoute["PUT CarePlan?identifier"] == 0 {
+		t.Errorf("writes to an EHR without transactions: %v", c.ByRoute)
+	}
+	sent := checkSentRecords(t, in, n)
+	before := writes(c)
+	in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/backfill", nil, 202)
+	drain(t, in)
+	if after := writes(s.ehr.Counters(t)); after != before {
+		t.Errorf("a second full sync wrote %d times", after-before)
+	}
+	if got := count(t, in, "/fhir/AuditEvent?subtype=outbound-write&_count=1000"); got != sent {
+		t.Errorf("a second full sync recorded %d outbound writes", got-sent)
+	}
+}
+
 // TestSyncSurvivesKill kills kapfhir (SIGKILL) in the middle of a sync and
-// restarts it on the same data: nothing is lost and nothing duplicated.
+// restarts it on the same data: nothing is lost and nothing duplicated,
+// whether it was writing transactions or one resource at a time.
 func TestSyncSurvivesKill(t *testing.T) {
-	s := newSyncEnv(t)
-	s.ehr.SetFaults(t, ehrtest.Faults{LatencyMS: 40})
+	for _, tt := range []struct {
+		name      string
+		oneByOne  bool
+		latencyMS int
+	}{
+		// Latencies long enough that the sync is still running when the
+		// last enrolment is queued (a transaction carries a whole batch).
+		{"transactions", false, 300},
+		{"one by one", true, 40},
+	} {
+		t.Run(tt.name, func(t *testing.T) { testSyncSurvivesKill(t, tt.oneByOne, tt.latencyMS) })
+	}
+}
+
+func testSyncSurvivesKill(t *testing.T, oneByOne bool, latencyMS int) {
+	s := newSyncEnv(t, oneByOne)
+	s.ehr.SetFaults(t, ehrtest.Faults{LatencyMS: latencyMS})
 	in := s.start(t)
 	for i := range 6 {
 		s.enrol(t, in, fmt.Sprintf("MRN-K%02d", i))

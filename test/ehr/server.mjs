@@ -78,6 +78,9 @@ const { values: args } = parseArgs({
     auth: { type: 'boolean', default: false },
     'token-lifetime': { type: 'string', default: '300' },
     'exit-on-stdin-close': { type: 'boolean', default: false },
+    // Leaves transaction and batch out of the CapabilityStatement (and
+    // refuses them), as many EHRs do: clients then write one resource at a time.
+    'no-transactions': { type: 'boolean', default: false },
   },
 });
 
@@ -683,7 +686,7 @@ function capabilityStatement() {
             .filter((p) => !MEDPLUM_ONLY_PARAMS.has(p.code))
             .map((p) => ({ name: p.code, definition: p.url, type: p.type })),
         })),
-        interaction: [{ code: 'transaction' }, { code: 'batch' }],
+        ...(args['no-transactions'] ? {} : { interaction: [{ code: 'transaction' }, { code: 'batch' }] }),
       },
     ],
   };
@@ -760,6 +763,9 @@ async function handleFhir(req, res, rel, search, opts) {
   const first = rel.split('/')[0];
   if (first !== '' && !first.startsWith('$') && !isResourceType(first)) {
     throw new HttpError(404, outcome('not-found', `Unknown resource type: ${first}`));
+  }
+  if (rel === '' && args['no-transactions'] && !opts.admin) {
+    throw new HttpError(405, outcome('not-supported', 'This server does not accept batch or transaction Bundles'));
   }
   let body;
   if (method === 'POST' || method === 'PUT' || method === 'PATCH') {

@@ -55,6 +55,9 @@ type Options struct {
 	// TokenLifetime is the access tokens' lifetime (expires_in), rounded
 	// down to whole seconds; zero means five minutes.
 	TokenLifetime time.Duration
+	// NoTransactions leaves transaction and batch out of the
+	// CapabilityStatement and refuses them (405), as many EHRs do.
+	NoTransactions bool
 }
 
 // EHR is a running test EHR.
@@ -81,6 +84,9 @@ func Start(t testing.TB, opts Options) *EHR {
 	}
 	if opts.TokenLifetime > 0 {
 		args = append(args, "--token-lifetime", strconv.Itoa(lifetimeSeconds(t, opts.TokenLifetime)))
+	}
+	if opts.NoTransactions {
+		args = append(args, "--no-transactions")
 	}
 	cmd := exec.Command("node", args...)
 	cmd.Dir = Dir()
