@@ -322,4 +322,3 @@ func (bt *batch) prepFunc(ctx context.Context, ld *loaded) prepFunc {
 		return ld.parsed.Prepare(bt.w.o.IdentifierSystem, ehrID, bt.resolver(ctx))
 	}
 }
-
