@@ -439,6 +439,8 @@ func Strategy(caps *ehrclient.Capabilities, typ string) (string, bool) {
 	switch {
 	case !ok:
 		return "the EHR does not list " + typ + " in its CapabilityStatement: cannot write it", false
+	case rc.ConditionalUpdate && caps.Supports(typ, "update") && caps.Transaction:
+		return "transaction Bundles of conditional updates (PUT " + typ + "?identifier=system|value entries): a patient's changes in one idempotent request, references between them resolved by the EHR (smaller Bundles if it refuses large ones; one request per change if it refuses transactions)", true
 	case rc.ConditionalUpdate && caps.Supports(typ, "update"):
 		return "conditional update (PUT " + typ + "?identifier=system|value): one idempotent request per change", true
 	case !caps.Supports(typ, "search-type"):

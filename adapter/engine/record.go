@@ -19,8 +19,10 @@ import (
 // each item's result (outbox.Result.Audit and Provenance):
 //
 //   - an outbound-write audit record for every write request sent to the
-//     EHR (PUT or POST; an item written twice, the CarePlan of the
-//     reference cycle, has two), success or failure as the EHR answered,
+//     EHR (PUT or POST; each entry of a transaction Bundle counts as one,
+//     request "PUT Type (transaction entry)"; an item written twice, the
+//     CarePlan of the reference cycle, has two), success or failure as the
+//     EHR answered,
 //     with the HTTP status, the request line (no query) and the EHR's ids
 //     in its detail; never a body. A write that got no answer (transport
 //     failure, credentials refused) is recorded as a failure too: it may

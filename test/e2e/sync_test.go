@@ -470,7 +470,7 @@ func TestSyncToEHR(t *testing.T) {
 		}
 		return string(out)
 	}
-	if out := cli("endpoints", "test", endpointID); !strings.Contains(out, "Result: the endpoint works.") || !strings.Contains(out, "conditional update") {
+	if out := cli("endpoints", "test", endpointID); !strings.Contains(out, "Result: the endpoint works.") || !strings.Contains(out, "transaction Bundles of conditional updates") {
 		t.Errorf("endpoints test:\n%s", out)
 	}
 	if out := cli("endpoints", "list"); !strings.Contains(out, endpointID) {
