@@ -271,7 +271,7 @@ func newFixture(t *testing.T, ehr *scriptedEHR) *fixture {
 }
 
 // newFixtureOn is newFixture on a given store and service.
-func newFixtureOn(t *testing.T, ehr *scriptedEHR, db *sqlite.DB, svc *app.Service) *fixture {
+func newFixtureOn(t *testing.T, ehr *scriptedEHR, db *sqlite.DB, svc *app.Service, opts ...func(*endpoint.Endpoint)) *fixture {
 	t.Helper()
 	ctx := t.Context()
 	srv := httptest.NewServer(ehr)
@@ -283,6 +283,9 @@ func newFixtureOn(t *testing.T, ehr *scriptedEHR, db *sqlite.DB, svc *app.Servic
 	ep.RateLimit = endpoint.RateLimit{PerSecond: 1000, Burst: 1000}
 	// Retries never come due during a test: each one runs until nothing is due.
 	ep.Retry.MinBackoff, ep.Retry.MaxBackoff = endpoint.Duration(time.Hour), endpoint.Duration(time.Hour)
+	for _, o := range opts {
+		o(&ep)
+	}
 	now := time.Now().UTC()
 	if err := db.PutEndpoint(ctx, endpoint.Stored{Endpoint: ep, Source: endpoint.SourceAPI, AuthState: endpoint.AuthOK, Created: now, Updated: now}); err != nil {
 		t.Fatal(err)

@@ -79,6 +79,11 @@ const (
 // here, as the one-by-one path stops: credentials refused (stop), the EHR
 // unreachable, ctx ended or the lease lost.
 func (bt *batch) transactions(ctx context.Context, items []outbox.Item, results map[int64]result) (rest []outbox.Item, stop error, halt bool) {
+	if pk := (resource.Key{Type: "Patient", ID: bt.b.PatientID}); bt.patientErr != "" && bt.w.ep.CreatePatients && bt.queue[pk] {
+		// kapfhir creates the patient: it is an entry of the Bundle, which
+		// the others refer to by its placeholder.
+		bt.patientErr = ""
+	}
 	var pending []txEntry
 	for i, it := range items {
 		ld, caps, r, ok, err := bt.ready(ctx, it)

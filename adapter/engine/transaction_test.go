@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -10,7 +11,9 @@ import (
 	"github.com/kapfhir/kapfhir/adapter/engine"
 	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/audit"
+	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/test/kaptest"
 	"github.com/kapfhir/kapfhir/treatment"
 )
 
@@ -251,5 +254,46 @@ func TestTransactionBoundIsLearned(t *testing.T) {
 	f.run(t)
 	if w := writesIn(requestsSince(ehr, before)); len(w) != 0 {
 		t.Errorf("a second full sync wrote %v", w)
+	}
+}
+
+// An endpoint that creates patients (createPatients) and an EHR that does
+// not know the patient: the Patient is written first, then everything
+// that refers to it, by either strategy, in one run.
+func TestCreatesThePatientFirst(t *testing.T) {
+	for _, tx := range []bool{false, true} {
+		t.Run(fmt.Sprintf("transaction %v", tx), func(t *testing.T) {
+			ehr := newScriptedEHR()
+			ehr.conditionalUpdate, ehr.transaction = true, tx
+			db := kaptest.Store(t)
+			svc, err := app.New(t.Context(), app.Options{Store: db, Catalogue: kaptest.Catalogue(t), Calendar: treatment.DefaultCalendar(time.UTC)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := newFixtureOn(t, ehr, db, svc, func(ep *endpoint.Endpoint) {
+				ep.CreatePatients = true
+				ep.ResourceTypes = append(ep.ResourceTypes, "Patient")
+			})
+			ehr.mu.Lock()
+			delete(ehr.stored["Patient"], "ehr-pat")
+			ehr.mu.Unlock()
+			f.run(t)
+			if st := f.states(t); st[outbox.Succeeded] != 17 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
+				t.Fatalf("states: %v, want 17 succeeded (the Patient and its programme)", st)
+			}
+			f.once(t)
+			ehr.mu.Lock()
+			defer ehr.mu.Unlock()
+			if len(ehr.stored["Patient"]) != 1 {
+				t.Fatalf("patients in the EHR: %d", len(ehr.stored["Patient"]))
+			}
+			for id := range ehr.stored["Patient"] {
+				for _, b := range ehr.stored["Appointment"] {
+					if !strings.Contains(b, `"Patient/`+id+`"`) {
+						t.Errorf("an Appointment does not refer to the created patient %s: %s", id, b)
+					}
+				}
+			}
+		})
 	}
 }
