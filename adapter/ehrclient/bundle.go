@@ -150,7 +150,11 @@ func ParseTransactionResponse(b []byte, types []string) ([]EntryResponse, error)
 		}
 		r := EntryResponse{Status: st, Location: e.Response.Location}
 		r.ID = IDFromLocation(types[i], r.Location)
-		r.VersionID = versionID(e.Response.Etag, r.Location)
+		if r.ID != "" {
+			r.VersionID = versionID(e.Response.Etag, r.Location)
+		} else {
+			r.VersionID = versionID(e.Response.Etag, "") // the location is of something else
+		}
 		if res := e.Resource; res.ResourceType == types[i] {
 			if r.ID == "" {
 				r.ID = res.ID
@@ -165,17 +169,15 @@ func ParseTransactionResponse(b []byte, types []string) ([]EntryResponse, error)
 }
 
 // IDFromLocation returns the id of a typ resource in a location
-// (".../Type/id/_history/n", absolute or relative), or "".
+// (".../Type/id" or ".../Type/id/_history/n", absolute or relative), or ""
+// when the location names no typ resource.
 func IDFromLocation(typ, loc string) string {
-	loc = pathOnly(loc)
-	if loc == "" {
-		return ""
+	parts := strings.Split(strings.Trim(pathOnly(loc), "/"), "/")
+	if n := len(parts); n >= 4 && parts[n-2] == "_history" {
+		parts = parts[:n-2]
 	}
-	parts := strings.Split(strings.TrimRight(loc, "/"), "/")
-	for i := len(parts) - 2; i >= 0; i-- {
-		if parts[i] == typ {
-			return parts[i+1]
-		}
+	if n := len(parts); n >= 2 && parts[n-2] == typ && parts[n-1] != "" && parts[n-1] != "_history" {
+		return parts[n-1]
 	}
 	return ""
 }

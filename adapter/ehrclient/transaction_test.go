@@ -152,8 +152,10 @@ func TestParseTransactionResponse(t *testing.T) {
  {"resource":{"resourceType":"Observation","id":"o5","meta":{"versionId":"3"},"status":"final"},
   "response":{"status":"201"}},
  {"resource":{"resourceType":"Observation","id":"not-a-goal","meta":{"versionId":"4"}},
-  "response":{"status":" 200 OK "}}]}`
-	got, err := ParseTransactionResponse([]byte(answer), []string{"Appointment", "CarePlan", "Goal", "Observation", "Goal"})
+  "response":{"status":" 200 OK "}},
+ {"resource":{"resourceType":"Goal","id":"g3","meta":{"versionId":"5"}},
+  "response":{"status":"200 OK","location":"Appointment/123/_history/2"}}]}`
+	got, err := ParseTransactionResponse([]byte(answer), []string{"Appointment", "CarePlan", "Goal", "Observation", "Goal", "Goal"})
 	if err != nil {
 		t.Fatalf("ParseTransactionResponse: %v", err)
 	}
@@ -164,6 +166,8 @@ func TestParseTransactionResponse(t *testing.T) {
 		{Status: 201, ID: "o5", VersionID: "3"},
 		// A returned resource of another type than the entry's says nothing.
 		{Status: 200},
+		// Nor does another type's location: id and version from the resource.
+		{Status: 200, Location: "Appointment/123/_history/2", ID: "g3", VersionID: "5"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("responses (-want +got):\n%s", diff)
@@ -213,6 +217,10 @@ func TestIDFromLocation(t *testing.T) {
 		{"Goal", "Appointment/123/_history/2", ""},
 		{"Goal", "https://ehr.example/fhir/Appointment/123", ""},
 		{"CarePlan", "https://ehr.example/fhir/", ""},
+		// Another type's location whose id, or the base path, is the type's name.
+		{"Goal", "Appointment/Goal/_history/2", ""},
+		{"Goal", "https://ehr.example/Goal/fhir/Appointment/1", ""},
+		{"Goal", "https://ehr.example/Goal/fhir/Goal/g2/_history/1", "g2"},
 	} {
 		if got := IDFromLocation(tc.typ, tc.loc); got != tc.want {
 			t.Errorf("IDFromLocation(%q, %q) = %q, want %q", tc.typ, tc.loc, got, tc.want)
