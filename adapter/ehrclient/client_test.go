@@ -213,16 +213,22 @@ func TestRetriesExhaustedReturnsLastAnswer(t *testing.T) {
 // connRefused is what a dial to a closed port returns.
 var connRefused = &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 
+// refusedFirst refuses the first n connections, counted in hits, then
+// passes requests to next (nil: refuses every connection).
+func refusedFirst(hits *counter, n int, next http.RoundTripper) roundTripFunc {
+	return func(r *http.Request) (*http.Response, error) {
+		if hits.inc() <= n || next == nil {
+			return nil, connRefused
+		}
+		return next.RoundTrip(r)
+	}
+}
+
 func TestConnectionErrorRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var hits counter
 		ok := handlerTransport(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			if hits.inc() == 1 {
-				return nil, connRefused
-			}
-			return ok.RoundTrip(r)
-		})
+		rt := refusedFirst(&hits, 1, ok)
 		c, _ := newTestClient(t, testEndpoint(), rt)
 		resp, err := c.Do(t.Context(), Request{Method: http.MethodPut, Path: "Goal/g1", Body: []byte(`{}`), Idempotent: true})
 		if err != nil {
@@ -237,10 +243,7 @@ func TestConnectionErrorRetried(t *testing.T) {
 func TestConnectionErrorOutlastingRetries(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var hits counter
-		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			hits.inc()
-			return nil, connRefused
-		})
+		rt := refusedFirst(&hits, 0, nil)
 		c, _ := newTestClient(t, testEndpoint(), rt)
 		_, err := c.Search(t.Context(), "Patient", url.Values{"identifier": {"urn:example:mrn|SECRET-MRN"}})
 		if got := treatment.ErrorKind(err); got != treatment.KindUnavailable {

@@ -89,12 +89,7 @@ func TestTransactionIdempotentRetriedOnConnectionError(t *testing.T) {
 		var hits counter
 		h := &txRecorder{}
 		ok := handlerTransport(h)
-		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			if hits.inc() == 1 {
-				return nil, connRefused
-			}
-			return ok.RoundTrip(r)
-		})
+		rt := refusedFirst(&hits, 1, ok)
 		c, _ := newTestClient(t, testEndpoint(), rt)
 		resp, err := c.Transaction(t.Context(), []byte(txBundle), true)
 		if err != nil {
@@ -129,10 +124,7 @@ func TestTransactionNotIdempotentNeverRetried(t *testing.T) {
 func TestTransactionNotIdempotentConnectionErrorNotRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var hits counter
-		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			hits.inc()
-			return nil, connRefused
-		})
+		rt := refusedFirst(&hits, 0, nil)
 		c, _ := newTestClient(t, testEndpoint(), rt)
 		_, err := c.Transaction(t.Context(), []byte(txBundle), false)
 		if got := treatment.ErrorKind(err); got != treatment.KindUnavailable {

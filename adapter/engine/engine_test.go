@@ -307,6 +307,28 @@ func newFixtureOn(t *testing.T, ehr *scriptedEHR, db *sqlite.DB, svc *app.Servic
 	return &fixture{db: db, svc: svc, w: w, ehr: ehr, ep: ep, progID: prog.ID, patID: p.ID}
 }
 
+// enrol creates a patient with MRN mrn and a 6-infusion programme in
+// kapfhir (not in the EHR).
+func (f *fixture) enrol(t *testing.T, mrn string) {
+	t.Helper()
+	ctx := t.Context()
+	p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: mrn}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// allSucceeded requires every item to have succeeded, n of them.
+func (f *fixture) allSucceeded(t *testing.T, n int) {
+	t.Helper()
+	if st := f.states(t); st[outbox.Succeeded] != n || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending]+st[outbox.InFlight] != 0 {
+		t.Fatalf("states: %v, want %d succeeded", st, n)
+	}
+}
+
 // run pushes until nothing is due now.
 func (f *fixture) run(t *testing.T) {
 	t.Helper()
@@ -494,13 +516,7 @@ func TestPatientsLookedUpTogether(t *testing.T) {
 		default:
 			ehr.put("Patient", "ehr-"+mrn, `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"`+mrn+`"}]}`)
 		}
-		p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: mrn}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
-			t.Fatal(err)
-		}
+		f.enrol(t, mrn)
 	}
 	f.run(t)
 	searches := 0
@@ -599,16 +615,9 @@ func TestPagedPatientLookUpFallsBackToOneByOne(t *testing.T) {
 	ehr := newScriptedEHR()
 	ehr.conditionalUpdate, ehr.paged = true, true
 	f := newFixture(t, ehr)
-	ctx := t.Context()
 	for _, mrn := range []string{"M2", "M3"} {
 		ehr.put("Patient", "ehr-"+mrn, `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"`+mrn+`"}]}`)
-		p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: mrn}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
-			t.Fatal(err)
-		}
+		f.enrol(t, mrn)
 	}
 	f.run(t)
 	if st := f.states(t); st[outbox.Succeeded] != 3*16 || st[outbox.Retrying] != 0 {

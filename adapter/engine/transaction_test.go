@@ -12,7 +12,6 @@ import (
 	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
-	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/test/kaptest"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -56,9 +55,7 @@ func TestTransactionWritesEachResourceOnce(t *testing.T) {
 	f := newFixture(t, ehr)
 	ctx := t.Context()
 	f.run(t)
-	if st := f.states(t); st[outbox.Succeeded] != 16 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
-		t.Fatalf("states: %v, want 16 succeeded", st)
-	}
+	f.allSucceeded(t, 16)
 	n := f.once(t)
 	if w := writesIn(requestsSince(ehr, 0)); len(w) != 1 || w[0] != "POST " {
 		t.Errorf("writes: %v, want one transaction", w)
@@ -152,11 +149,8 @@ func TestTransactionRefusedAsUnsupported(t *testing.T) {
 	ehr := newScriptedEHR()
 	ehr.conditionalUpdate, ehr.transaction, ehr.txRefuse = true, true, 405
 	f := newFixture(t, ehr)
-	ctx := t.Context()
 	f.run(t)
-	if st := f.states(t); st[outbox.Succeeded] != 16 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
-		t.Fatalf("states: %v, want 16 succeeded", st)
-	}
+	f.allSucceeded(t, 16)
 	f.once(t)
 	refused := 0
 	for _, r := range outboundWrites(t, f) {
@@ -172,13 +166,7 @@ func TestTransactionRefusedAsUnsupported(t *testing.T) {
 	}
 
 	ehr.put("Patient", "ehr-m2", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M2"}]}`)
-	p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: "M2"}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
-		t.Fatal(err)
-	}
+	f.enrol(t, "M2")
 	before := len(requestsSince(ehr, 0))
 	f.run(t)
 	for _, r := range requestsSince(ehr, before) {
@@ -200,9 +188,7 @@ func TestTransactionBoundIsLearned(t *testing.T) {
 	f := newFixture(t, ehr)
 	ctx := t.Context()
 	f.run(t)
-	if st := f.states(t); st[outbox.Succeeded] != 16 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
-		t.Fatalf("states: %v, want 16 succeeded", st)
-	}
+	f.allSucceeded(t, 16)
 	f.once(t)
 	ehr.mu.Lock()
 	var plan string
@@ -229,13 +215,7 @@ func TestTransactionBoundIsLearned(t *testing.T) {
 	}
 
 	ehr.put("Patient", "ehr-m2", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M2"}]}`)
-	p, err := f.svc.CreatePatient(ctx, app.PatientInput{Identifiers: []treatment.Identifier{{System: f.ep.PatientIdentifierSystem, Value: "M2"}}, Family: "Test", BirthDate: "1980-01-01", Gender: "other"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.svc.CreateProgram(ctx, app.ProgramInput{PatientID: p.ID, ProtocolID: "ketamine-iv-6x-3wk", Start: "2027-01-04T09:00", Timezone: "UTC"}); err != nil {
-		t.Fatal(err)
-	}
+	f.enrol(t, "M2")
 	before := len(requestsSince(ehr, 0))
 	f.run(t)
 	if got := refused(); got != first {
@@ -278,9 +258,7 @@ func TestCreatesThePatientFirst(t *testing.T) {
 			delete(ehr.stored["Patient"], "ehr-pat")
 			ehr.mu.Unlock()
 			f.run(t)
-			if st := f.states(t); st[outbox.Succeeded] != 17 || st[outbox.Retrying]+st[outbox.Dead]+st[outbox.Pending] != 0 {
-				t.Fatalf("states: %v, want 17 succeeded (the Patient and its programme)", st)
-			}
+			f.allSucceeded(t, 17) // the Patient and its programme
 			f.once(t)
 			ehr.mu.Lock()
 			defer ehr.mu.Unlock()

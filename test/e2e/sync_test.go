@@ -202,6 +202,38 @@ func checkEHR(t *testing.T, s *syncEnv, in *instance) int {
 	return len(keys)
 }
 
+// syncClean enrols patients (MRNs prefix00, prefix01, ...) and drains:
+// nothing dead, everything in the EHR exactly once; it returns how many
+// resources kapfhir holds to sync.
+func syncClean(t *testing.T, s *syncEnv, in *instance, prefix string, patients int) int {
+	t.Helper()
+	for i := range patients {
+		s.enrol(t, in, fmt.Sprintf("%s%02d", prefix, i))
+	}
+	st := drain(t, in)
+	if st["dead"].(float64) != 0 {
+		t.Fatalf("dead items after a clean sync: %v", st)
+	}
+	n := checkEHR(t, s, in)
+	t.Logf("%d resources synced", n)
+	return n
+}
+
+// secondSyncSendsNothing queues everything again: every body hashes as
+// last sent, so nothing is written and no write recorded (sent records so far).
+func secondSyncSendsNothing(t *testing.T, s *syncEnv, in *instance, sent int) {
+	t.Helper()
+	before := writes(s.ehr.Counters(t))
+	in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/backfill", nil, 202)
+	drain(t, in)
+	if after := writes(s.ehr.Counters(t)); after != before {
+		t.Errorf("a second full sync wrote %d times", after-before)
+	}
+	if got := count(t, in, "/fhir/AuditEvent?subtype=outbound-write&_count=1000"); got != sent {
+		t.Errorf("a second full sync recorded %d outbound writes", got-sent)
+	}
+}
+
 // transactions counts the transaction Bundles the EHR received.
 func transactions(c ehrtest.Counters) int { return c.ByRoute["POST /"] }
 
@@ -227,33 +259,14 @@ func writes(c ehrtest.Counters) int {
 func TestSyncToEHR(t *testing.T) {
 	s := newSyncEnv(t, false)
 	in := s.start(t)
-	for i := range 3 {
-		s.enrol(t, in, fmt.Sprintf("MRN-A%02d", i))
-	}
-	st := drain(t, in)
-	if st["dead"].(float64) != 0 {
-		t.Fatalf("dead items after a clean sync: %v", st)
-	}
-	n := checkEHR(t, s, in)
-	t.Logf("%d resources synced", n)
+	n := syncClean(t, s, in, "MRN-A", 3)
 	// Batches went as transactions (a batch left with one resource to
 	// send goes on its own); the CarePlan ↔ Appointment cycle never needed
 	// a CarePlan written on its own.
 	if c := s.ehr.Counters(t); transactions(c) == 0 || c.ByRoute["PUT CarePlan?identifier"] != 0 {
 		t.Errorf("%d writes, of which %d transactions (%v %v)", writes(c), transactions(c), c.ByRoute, c.ByStatus)
 	}
-	sent := checkSentRecords(t, in, n)
-
-	// A second full sync sends nothing: every body hashes as last sent.
-	before := writes(s.ehr.Counters(t))
-	in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/backfill", nil, 202)
-	drain(t, in)
-	if after := writes(s.ehr.Counters(t)); after != before {
-		t.Errorf("a second full sync wrote %d times", after-before)
-	}
-	if got := count(t, in, "/fhir/AuditEvent?subtype=outbound-write&_count=1000"); got != sent {
-		t.Errorf("a second full sync recorded %d outbound writes", got-sent)
-	}
+	secondSyncSendsNothing(t, s, in, checkSentRecords(t, in, n))
 
 	t.Run("faults", func(t *testing.T) {
 		// Tokens live 4 s (kapfhir renews at half-life), so they expire and
@@ -601,28 +614,11 @@ func patientRef(t *testing.T, appt []byte) string {
 func TestSyncOneByOne(t *testing.T) {
 	s := newSyncEnv(t, true)
 	in := s.start(t)
-	for i := range 2 {
-		s.enrol(t, in, fmt.Sprintf("MRN-O%02d", i))
-	}
-	st := drain(t, in)
-	if st["dead"].(float64) != 0 {
-		t.Fatalf("dead items after a clean sync: %v", st)
-	}
-	n := checkEHR(t, s, in)
-	c := s.ehr.Counters(t)
-	if transactions(c) != 0 || c.ByRoute["PUT CarePlan?identifier"] == 0 {
+	n := syncClean(t, s, in, "MRN-O", 2)
+	if c := s.ehr.Counters(t); transactions(c) != 0 || c.ByRoute["PUT CarePlan?identifier"] == 0 {
 		t.Errorf("writes to an EHR without transactions: %v", c.ByRoute)
 	}
-	sent := checkSentRecords(t, in, n)
-	before := writes(c)
-	in.json(t, "POST", "/api/v1/endpoints/"+endpointID+"/backfill", nil, 202)
-	drain(t, in)
-	if after := writes(s.ehr.Counters(t)); after != before {
-		t.Errorf("a second full sync wrote %d times", after-before)
-	}
-	if got := count(t, in, "/fhir/AuditEvent?subtype=outbound-write&_count=1000"); got != sent {
-		t.Errorf("a second full sync recorded %d outbound writes", got-sent)
-	}
+	secondSyncSendsNothing(t, s, in, checkSentRecords(t, in, n))
 }
 
 // TestSyncSurvivesKill kills kapfhir (SIGKILL) in the middle of a sync and
