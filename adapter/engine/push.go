@@ -191,13 +191,18 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 	rest := items
 	if caps, err := w.capabilities(ctx); err == nil && w.useTransactions(caps) && len(items) > 1 {
 		var halt bool
-		rest, stop, halt = bt.transactions(ctx, items, results)
+		var left []outbox.Item
+		left, stop, halt = bt.transactions(ctx, items, results)
 		if halt {
 			if !bt.keep() {
 				return 0, nil
 			}
 			return finish(), stop
 		}
+		// What is left is written one by one, in push order.
+		rest = slices.DeleteFunc(slices.Clone(items), func(it outbox.Item) bool {
+			return !slices.ContainsFunc(left, func(l outbox.Item) bool { return l.ID == it.ID })
+		})
 	}
 	for _, it := range rest {
 		if !bt.keep() {
