@@ -37,6 +37,9 @@ type scriptedEHR struct {
 	// txMax, when set, refuses (400) a transaction of more entries, as
 	// Medplum does past 8 conditional updates.
 	txMax int
+	// txBare answers a transaction with statuses only (no location, which
+	// FHIR makes optional).
+	txBare bool
 
 	mu     sync.Mutex
 	next   int
@@ -229,6 +232,10 @@ func (e *scriptedEHR) transact(w http.ResponseWriter, body []byte) {
 	var out []string
 	for _, p := range plan {
 		e.put(p.typ, p.id, p.body)
+		if e.txBare {
+			out = append(out, fmt.Sprintf(`{"response":{"status":%q}}`, p.status))
+			continue
+		}
 		out = append(out, fmt.Sprintf(`{"response":{"status":%q,"location":"%s/%s/_history/1","etag":"W/\"1\""}}`, p.status, p.typ, p.id))
 	}
 	fmt.Fprintf(w, `{"resourceType":"Bundle","type":"transaction-response","entry":[%s]}`, strings.Join(out, ","))

@@ -281,19 +281,27 @@ func (bt *batch) applied(ctx context.Context, entries []txEntry, resp *ehrclient
 		types[i] = e.it.ResourceType
 	}
 	ers, perr := ehrclient.ParseTransactionResponse(resp.Body, types)
+	if perr != nil {
+		// Applied, but the answer does not say where: each entry is found
+		// by its identifier below.
+		ers = make([]ehrclient.EntryResponse, len(entries))
+		for i := range ers {
+			ers[i].Status = resp.Status
+		}
+	}
+	bt.findUnnamed(ctx, entries, ers)
 	rs := make([]result, len(entries))
 	for i, e := range entries {
-		r := result{status: resp.Status, request: txRequest(e.it.ResourceType), version: e.ld.v.VersionID}
+		r := result{status: ers[i].Status, request: txRequest(e.it.ResourceType), version: e.ld.v.VersionID}
 		switch {
-		case perr != nil:
+		case ers[i].Status < 200 || ers[i].Status >= 300:
+			r.outcome, r.errMsg = outbox.Retry, fmt.Sprintf("the EHR answered %d to the %s's entry of an applied transaction", ers[i].Status, e.it.ResourceType)
+		case ers[i].ID == "":
 			// Written, but where is unknown: the retry's conditional
-			// update finds each by identifier.
-			r.outcome, r.errMsg = outbox.Retry, "the EHR's answer to the transaction could not be read: "+perr.Error()
-		case ers[i].ID == "" || ers[i].Status < 200 || ers[i].Status >= 300:
-			r.status = ers[i].Status
-			r.outcome, r.errMsg = outbox.Retry, fmt.Sprintf("the EHR's answer to the transaction has no id for the %s (status %d)", e.it.ResourceType, ers[i].Status)
+			// update finds it by identifier.
+			r.outcome, r.errMsg = outbox.Retry, fmt.Sprintf("the EHR's answer to the transaction does not say where the %s is, nor does a search by its identifier", e.it.ResourceType)
 		default:
-			r.outcome, r.status, r.ehrID, r.ehrVersion = outbox.Sent, ers[i].Status, ers[i].ID, ers[i].VersionID
+			r.outcome, r.ehrID, r.ehrVersion = outbox.Sent, ers[i].ID, ers[i].VersionID
 			r.hash, r.deferred = e.p.Hash, e.p.Deferred
 			bt.link(e.p.Key, r)
 		}
@@ -315,6 +323,35 @@ func (bt *batch) applied(ctx context.Context, entries []txEntry, resp *ehrclient
 			r.retryAfter = bt.w.backoff(e.it.Attempts+1, 0)
 		}
 		results[e.it.ID] = bt.wrote(e.it, r, nil)
+	}
+}
+
+// findUnnamed fills in the EHR ids of the applied entries whose answer
+// names none (no location, no resource: FHIR makes the location optional)
+// by searching for them by kapfhir's identifier, one search per type. An
+// identifier found other than exactly once is left unnamed.
+func (bt *batch) findUnnamed(ctx context.Context, entries []txEntry, ers []ehrclient.EntryResponse) {
+	byType := map[string][]int{}
+	for i, er := range ers {
+		if er.ID == "" && er.Status >= 200 && er.Status < 300 {
+			byType[entries[i].it.ResourceType] = append(byType[entries[i].it.ResourceType], i)
+		}
+	}
+	for typ, idx := range byType {
+		idents := make([]string, len(idx))
+		for j, i := range idx {
+			idents[j] = entries[i].p.Identifier
+		}
+		found, _, err := bt.w.searchIdentifiers(ctx, typ, idents)
+		if err != nil {
+			bt.w.log.Warn("finding what a transaction wrote by identifier failed; the entries are sent again", "type", typ, "error", err)
+			continue
+		}
+		for j, i := range idx {
+			if ids := found[idents[j]]; len(ids) == 1 {
+				ers[i].ID = ids[0]
+			}
+		}
 	}
 }
 

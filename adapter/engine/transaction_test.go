@@ -12,6 +12,7 @@ import (
 	"github.com/kapfhir/kapfhir/app"
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
+	"github.com/kapfhir/kapfhir/outbox"
 	"github.com/kapfhir/kapfhir/test/kaptest"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -273,5 +274,44 @@ func TestCreatesThePatientFirst(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// An EHR whose transaction answers name no locations: what it wrote is
+// found by identifier (one search per type), the crosswalk holds the EHR's
+// ids, and a second full sync sends nothing.
+func TestTransactionAnswerWithoutLocations(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate, ehr.transaction, ehr.txBare = true, true, true
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	f.run(t)
+	f.allSucceeded(t, 16)
+	f.once(t)
+	items, err := f.db.Items(ctx, outbox.Filter{EndpointID: "ehr", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		if ids := ehr.matches(it.ResourceType, f.svc.IdentifierSystem()+"|"+it.ResourceID); len(ids) != 1 || ids[0] != it.EHRID {
+			t.Errorf("%s/%s: crosswalk says EHR id %q, the EHR holds %v", it.ResourceType, it.ResourceID, it.EHRID, ids)
+		}
+	}
+	searches := 0
+	for _, r := range requestsSince(ehr, 0) {
+		if strings.HasPrefix(r, "GET ") && r != "GET Patient" && r != "GET metadata" {
+			searches++
+		}
+	}
+	if searches != 3 { // CarePlan, Goal, Appointment
+		t.Errorf("%d searches to find what the transaction wrote, want one per type (3)", searches)
+	}
+	before := len(requestsSince(ehr, 0))
+	if _, err := f.db.Backfill(ctx, "ehr", f.ep.ResourceTypes, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	if w := writesIn(requestsSince(ehr, before)); len(w) != 0 {
+		t.Errorf("a second full sync wrote %v", w)
 	}
 }
