@@ -245,7 +245,7 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipe
 		first := results[it.ID]
 		k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
 		l := bt.links[k]
-		l.EHRID, l.EHRVersion, l.SentHash = first.ehrID, first.ehrVersion, first.hash
+		l.EHRID, l.EHRVersion, l.SentHash, l.SentVersion = first.ehrID, first.ehrVersion, first.hash, first.version
 		bt.links[k] = l
 		r, err := bt.write(ctx, l)
 		r = bt.wrote(it, r, err)

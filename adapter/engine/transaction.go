@@ -186,23 +186,38 @@ func (bt *batch) transaction(ctx context.Context, chunk []txEntry, results map[i
 		}
 	}
 	var bodies []outbound.TxEntry
-	for _, c := range chunk {
-		it := c.it
-		p, r, ok := bt.prepare(it, "", bt.prepFunc(ctx, c.ld))
-		r.version = c.ld.v.VersionID
-		k := p.Key
-		l := bt.links[k]
-		switch {
-		case !ok:
-			results[it.ID] = r
-			continue
-		case len(p.Bundled) == 0 && l.EHRID != "" && bytes.Equal(p.Hash, l.SentHash) && l.SentVersion > 0:
-			results[it.ID] = result{outcome: outbox.Unchanged, version: c.ld.v.VersionID, ehrID: l.EHRID, ehrVersion: l.EHRVersion, hash: p.Hash, deferred: p.Deferred}
-			continue
+	for {
+		sent, bodies = nil, nil
+		var unsendable []resource.Key
+		for _, c := range chunk {
+			it := c.it
+			k := resource.Key{Type: it.ResourceType, ID: it.ResourceID}
+			p, r, ok := bt.prepare(it, "", bt.prepFunc(ctx, c.ld))
+			r.version = c.ld.v.VersionID
+			l := bt.links[k]
+			switch {
+			case !ok:
+				results[it.ID] = r
+				if _, ok := bt.bundled[k]; ok {
+					unsendable = append(unsendable, k)
+				}
+				continue
+			case len(p.Bundled) == 0 && l.EHRID != "" && bytes.Equal(p.Hash, l.SentHash) && l.SentVersion > 0:
+				results[it.ID] = result{outcome: outbox.Unchanged, version: c.ld.v.VersionID, ehrID: l.EHRID, ehrVersion: l.EHRVersion, hash: p.Hash, deferred: p.Deferred}
+				continue
+			}
+			c.p = p
+			sent = append(sent, c)
+			bodies = append(bodies, outbound.TxEntry{FullURL: bt.bundled[k], Prepared: p})
 		}
-		c.p = p
-		sent = append(sent, c)
-		bodies = append(bodies, outbound.TxEntry{FullURL: bt.bundled[k], Prepared: p})
+		if len(unsendable) == 0 {
+			break
+		}
+		// An entry that cannot be sent has no placeholder to refer to:
+		// prepared again, the others drop (and defer) those references.
+		for _, k := range unsendable {
+			delete(bt.bundled, k)
+		}
 	}
 	switch {
 	case len(sent) == 0:

@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/kapfhir/kapfhir/audit"
 	"github.com/kapfhir/kapfhir/endpoint"
 	"github.com/kapfhir/kapfhir/outbox"
+	"github.com/kapfhir/kapfhir/resource"
 	"github.com/kapfhir/kapfhir/test/kaptest"
 	"github.com/kapfhir/kapfhir/treatment"
 )
@@ -313,5 +315,56 @@ func TestTransactionAnswerWithoutLocations(t *testing.T) {
 	f.run(t)
 	if w := writesIn(requestsSince(ehr, before)); len(w) != 0 {
 		t.Errorf("a second full sync wrote %v", w)
+	}
+}
+
+// corrupting is a store whose stored version of one resource no longer
+// parses (for the path where an entry cannot be prepared).
+type corrupting struct {
+	engine.Store
+	id string
+}
+
+func (c corrupting) Read(ctx context.Context, typ, id string) (resource.Version, error) {
+	v, err := c.Store.Read(ctx, typ, id)
+	if id == c.id {
+		v.JSON = []byte(`{"resourceType":`)
+	}
+	return v, err
+}
+
+// An entry that cannot be prepared is dead on its own, and the entries
+// that refer to it drop the reference instead of sending a placeholder no
+// entry has (which the EHR would refuse, Bundle after Bundle).
+func TestTransactionWithoutAnUnpreparableEntry(t *testing.T) {
+	ehr := newScriptedEHR()
+	ehr.conditionalUpdate, ehr.transaction = true, true
+	f := newFixture(t, ehr)
+	ctx := t.Context()
+	prog, _ := f.svc.Program(ctx, f.progID)
+	bad := prog.Sessions[0].ID
+	client, err := ehrclient.New(f.ep, ehrclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.w = engine.New(engine.Options{Endpoint: f.ep, IdentifierSystem: f.svc.IdentifierSystem(), Source: f.svc.Installation(), Store: corrupting{f.db, bad}, EHR: client, Owner: "test"})
+	f.run(t)
+	dead, err := f.db.Items(ctx, outbox.Filter{EndpointID: "ehr", State: outbox.Dead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != 1 || dead[0].ResourceID != bad || !strings.Contains(dead[0].LastError, "could not prepare") {
+		t.Fatalf("dead items: %+v", dead)
+	}
+	for _, r := range outboundWrites(t, f) {
+		if r.Outcome != audit.Success {
+			t.Errorf("a write failed (%v): %v", r.Outcome, r.Detail)
+		}
+	}
+	if st := f.states(t); st[outbox.Succeeded] < 14 {
+		t.Errorf("states: %v, want the 14 resources that do not refer to the bad one succeeded", st)
+	}
+	if w := writesIn(requestsSince(ehr, 0)); len(w) != 1 {
+		t.Errorf("writes: %v, want one transaction", w)
 	}
 }
