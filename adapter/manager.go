@@ -303,14 +303,16 @@ func (m *Manager) Running(id string) bool {
 	}
 }
 
-func (m *Manager) budget(id string) *ehrclient.Budget {
+// live returns a running worker's rate budget and how it writes (nil, nil
+// when the endpoint's worker is not running).
+func (m *Manager) live(id string) (*ehrclient.Budget, *engine.Writes) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if r, ok := m.running[id]; ok {
-		b := r.client.Budget()
-		return &b
+		b, w := r.client.Budget(), r.worker.Writes()
+		return &b, &w
 	}
-	return nil
+	return nil, nil
 }
 
 // Endpoints lists the endpoints, secrets redacted (read sealed: listing
@@ -401,6 +403,8 @@ type Status struct {
 	Queue    outbox.Stats
 	// Budget is the current rate budget (nil when the worker is not running).
 	Budget *ehrclient.Budget
+	// Writes is how the worker writes (nil when it is not running).
+	Writes *engine.Writes
 }
 
 // Status reports an endpoint's backlog, counts, last error, auth state and
@@ -414,7 +418,8 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return Status{Endpoint: e, Running: m.Running(id), Queue: q, Budget: m.budget(id)}, nil
+	budget, writes := m.live(id)
+	return Status{Endpoint: e, Running: m.Running(id), Queue: q, Budget: budget, Writes: writes}, nil
 }
 
 // advance wakes WaitDrained callers.

@@ -172,6 +172,16 @@ type statusJSON struct {
 	LastErrorAt       *time.Time     `json:"lastErrorAt,omitempty"`
 	EndpointLastError string         `json:"endpointLastError,omitempty"`
 	Budget            *budgetJSON    `json:"rateBudget,omitempty"`
+	Writes            *writesJSON    `json:"writes,omitempty"`
+}
+
+// writesJSON is how the worker writes, once it has read the EHR's
+// CapabilityStatement: "transaction" (a patient's batch per transaction
+// Bundle, at most maxTransactionEntries when the EHR was seen to refuse
+// more) or "per-resource".
+type writesJSON struct {
+	Strategy              string `json:"strategy"`
+	MaxTransactionEntries int    `json:"maxTransactionEntries,omitempty"`
 }
 
 func (h *Handlers) endpointStatus(c echo.Context) error {
@@ -233,6 +243,12 @@ func (h *Handlers) endpointStatus(c echo.Context) error {
 	}
 	if s.Budget != nil {
 		out.Budget = &budgetJSON{PerSecond: s.Budget.PerSecond, Burst: s.Budget.Burst, ConfiguredPerSecond: s.Budget.ConfiguredPerSecond}
+	}
+	if w := s.Writes; w != nil && w.Known {
+		out.Writes = &writesJSON{Strategy: "per-resource"}
+		if w.Transactions {
+			out.Writes = &writesJSON{Strategy: "transaction", MaxTransactionEntries: w.MaxEntries}
+		}
 	}
 	return c.JSON(http.StatusOK, out)
 }

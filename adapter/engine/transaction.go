@@ -35,6 +35,28 @@ func (w *Worker) useTransactions(caps *ehrclient.Capabilities) bool {
 	return caps.Transaction && !w.noTransactions.Load()
 }
 
+// Writes is how a worker writes to its EHR, as far as it knows yet.
+type Writes struct {
+	// Known is false until the worker has read the EHR's CapabilityStatement.
+	Known bool
+	// Transactions: a patient's batch goes as transaction Bundles.
+	Transactions bool
+	// MaxEntries is the most entries per Bundle the EHR was seen to take
+	// (0: no bound seen).
+	MaxEntries int
+}
+
+// Writes reports how the worker writes, for operators.
+func (w *Worker) Writes() Writes {
+	w.mu.Lock()
+	caps := w.caps
+	w.mu.Unlock()
+	if caps == nil {
+		return Writes{}
+	}
+	return Writes{Known: true, Transactions: w.useTransactions(caps), MaxEntries: int(w.txMax.Load())}
+}
+
 // txLimit is the most entries a transaction Bundle to this EHR carries.
 func (w *Worker) txLimit() int {
 	if n := int(w.txMax.Load()); n > 0 {

@@ -57,8 +57,14 @@ func TestTransactionWritesEachResourceOnce(t *testing.T) {
 	ehr.conditionalUpdate, ehr.transaction = true, true
 	f := newFixture(t, ehr)
 	ctx := t.Context()
+	if got := f.w.Writes(); got.Known {
+		t.Errorf("Writes() = %+v before the EHR's CapabilityStatement was read", got)
+	}
 	f.run(t)
 	f.allSucceeded(t, 16)
+	if got, want := f.w.Writes(), (engine.Writes{Known: true, Transactions: true}); got != want {
+		t.Errorf("Writes() = %+v, want %+v", got, want)
+	}
 	n := f.once(t)
 	if w := writesIn(requestsSince(ehr, 0)); len(w) != 1 || w[0] != "POST " {
 		t.Errorf("writes: %v, want one transaction", w)
@@ -167,6 +173,9 @@ func TestTransactionRefusedAsUnsupported(t *testing.T) {
 	if refused != 16 {
 		t.Errorf("%d records of the refused transaction, want one per resource (16)", refused)
 	}
+	if got, want := f.w.Writes(), (engine.Writes{Known: true}); got != want {
+		t.Errorf("Writes() = %+v, want %+v (one resource at a time)", got, want)
+	}
 
 	ehr.put("Patient", "ehr-m2", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M2"}]}`)
 	f.enrol(t, "M2")
@@ -215,6 +224,9 @@ func TestTransactionBoundIsLearned(t *testing.T) {
 	first := refused()
 	if first == 0 {
 		t.Fatal("no transaction was refused; the test tests nothing")
+	}
+	if got, want := f.w.Writes(), (engine.Writes{Known: true, Transactions: true, MaxEntries: 8}); got != want {
+		t.Errorf("Writes() = %+v, want %+v", got, want)
 	}
 
 	ehr.put("Patient", "ehr-m2", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M2"}]}`)

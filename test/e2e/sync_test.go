@@ -266,6 +266,14 @@ func TestSyncToEHR(t *testing.T) {
 	if c := s.ehr.Counters(t); transactions(c) == 0 || c.ByRoute["PUT CarePlan?identifier"] != 0 {
 		t.Errorf("%d writes, of which %d transactions (%v %v)", writes(c), transactions(c), c.ByRoute, c.ByStatus)
 	}
+	// Operators see how it writes: Medplum takes at most 8 entries per
+	// transaction once any is a conditional update, and kapfhir learned a
+	// bound within that (the largest Bundle that went through where a
+	// larger one did not: 8, or less when halving undershot).
+	st := in.json(t, "GET", "/api/v1/endpoints/"+endpointID+"/status", nil, 200)
+	if w, _ := st["writes"].(map[string]any); w["strategy"] != "transaction" || w["maxTransactionEntries"] == nil || w["maxTransactionEntries"].(float64) > 8 || w["maxTransactionEntries"].(float64) < 2 {
+		t.Errorf("status writes: %v", st["writes"])
+	}
 	secondSyncSendsNothing(t, s, in, checkSentRecords(t, in, n))
 
 	t.Run("faults", func(t *testing.T) {
@@ -617,6 +625,10 @@ func TestSyncOneByOne(t *testing.T) {
 	n := syncClean(t, s, in, "MRN-O", 2)
 	if c := s.ehr.Counters(t); transactions(c) != 0 || c.ByRoute["PUT CarePlan?identifier"] == 0 {
 		t.Errorf("writes to an EHR without transactions: %v", c.ByRoute)
+	}
+	st := in.json(t, "GET", "/api/v1/endpoints/"+endpointID+"/status", nil, 200)
+	if w, _ := st["writes"].(map[string]any); w["strategy"] != "per-resource" || w["maxTransactionEntries"] != nil {
+		t.Errorf("status writes: %v", st["writes"])
 	}
 	secondSyncSendsNothing(t, s, in, checkSentRecords(t, in, n))
 }
