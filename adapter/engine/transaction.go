@@ -168,11 +168,24 @@ func (bt *batch) transactions(ctx context.Context, items []outbox.Item, results 
 			pending = append(slices.Clone(sent), pending...)
 		}
 	}
-	if refusedMin > 0 && !alone && appliedMax > 0 && appliedMax < refusedMin && appliedMax < bt.w.txLimit() {
+	if refusedMin > 0 && !alone && appliedMax > 0 && appliedMax < refusedMin && bt.w.lowerTxLimit(appliedMax) {
 		bt.w.log.Info("the EHR refuses larger transaction Bundles; sending at most this many entries", "entries", appliedMax)
-		bt.w.txMax.Store(int64(appliedMax))
 	}
 	return rest, nil, false
+}
+
+// lowerTxLimit sets the transaction bound to n if that lowers it (lanes
+// learn concurrently; the bound only goes down) and reports whether it did.
+func (w *Worker) lowerTxLimit(n int) bool {
+	for {
+		cur := w.txMax.Load()
+		if cur > 0 && int64(n) >= cur {
+			return false
+		}
+		if w.txMax.CompareAndSwap(cur, int64(n)) {
+			return true
+		}
+	}
 }
 
 // carried returns the entries of an applied Bundle that were written
