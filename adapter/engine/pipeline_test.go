@@ -31,7 +31,16 @@ func TestLeaseTakenAheadIsReleased(t *testing.T) {
 // synced by running lanes end with every resource in the EHR once, every
 // item succeeded, none left leased once the worker stops.
 func TestLanesSyncEverythingOnce(t *testing.T) {
-	ehr := newScriptedEHR()
+	t.Run("one by one", func(t *testing.T) { testLanes(t, newScriptedEHR()) })
+	t.Run("transactions of at most 8", func(t *testing.T) {
+		// Lanes learn the bound concurrently.
+		ehr := newScriptedEHR()
+		ehr.conditionalUpdate, ehr.transaction, ehr.txMax = true, true, 8
+		testLanes(t, ehr)
+	})
+}
+
+func testLanes(t *testing.T, ehr *scriptedEHR) {
 	f := newFixture(t, ehr)
 	ctx := t.Context()
 	ehr.put("Patient", "ehr-pat-2", `{"resourceType":"Patient","identifier":[{"system":"https://clinic.example/mrn","value":"M2"}]}`)
