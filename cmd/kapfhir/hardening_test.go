@@ -29,12 +29,18 @@ import (
 // a temp dir and returns their paths and a pool that trusts the certificate.
 func selfSigned(t *testing.T) (certFile, keyFile string, roots *x509.CertPool) {
 	t.Helper()
+	return selfSignedSerial(t, 1)
+}
+
+// selfSignedSerial is selfSigned with a given serial number.
+func selfSignedSerial(t *testing.T, serial int64) (certFile, keyFile string, roots *x509.CertPool) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
+		SerialNumber:          big.NewInt(serial),
 		Subject:               pkix.Name{CommonName: "kapfhir test"},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(time.Hour),
@@ -242,4 +248,66 @@ func dbBytes(t *testing.T, dir string) []byte {
 		all = append(all, b...)
 	}
 	return all
+}
+
+// A renewed certificate (both files replaced, as renewal tools do) is served
+// from the next handshake on, without a restart; a renewal that does not
+// load (a key that does not match) leaves the previous certificate served.
+func TestServeTLSReloadsRenewedCertificate(t *testing.T) {
+	certFile, keyFile, _ := selfSigned(t)
+	env := dataEnv(t)
+	env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
+	env["KAPFHIR_TLS_CERT_FILE"] = certFile
+	env["KAPFHIR_TLS_KEY_FILE"] = keyFile
+	base := startServe(t, env)
+	hostPort := strings.TrimPrefix(base, "https://")
+	renewedCert, renewedKey, _ := selfSignedSerial(t, 2)
+	trusted := x509.NewCertPool() // both certificates
+	for _, f := range []string{certFile, renewedCert} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trusted.AppendCertsFromPEM(b)
+	}
+	// served is the serial of the certificate a new connection gets.
+	served := func() int64 {
+		t.Helper()
+		conn, err := tls.Dial("tcp", hostPort, &tls.Config{RootCAs: trusted})
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	if got := served(); got != 1 {
+		t.Fatalf("serial %d served at start, want 1", got)
+	}
+	// replace writes src over dst as renewal tools do: a new file renamed in.
+	replace := func(src, dst string) {
+		t.Helper()
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmp := dst + ".new"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace(renewedCert, certFile)
+	replace(renewedKey, keyFile)
+	if got := served(); got != 2 {
+		t.Errorf("serial %d served after the renewal, want 2", got)
+	}
+
+	// A key that does not match the certificate: the renewed one stays.
+	_, otherKey, _ := selfSignedSerial(t, 3)
+	replace(otherKey, keyFile)
+	if got := served(); got != 2 {
+		t.Errorf("serial %d served after a broken renewal, want 2 (the last good one)", got)
+	}
 }

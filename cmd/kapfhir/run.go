@@ -272,7 +272,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	defer ln.Close()
 	scheme := "http"
 	if cfg.TLS.Enabled() {
-		tc, err := serverTLS(cfg.TLS)
+		tc, err := serverTLS(cfg.TLS, log)
 		if err != nil {
 			return err
 		}
