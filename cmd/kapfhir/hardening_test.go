@@ -311,3 +311,22 @@ func TestServeTLSReloadsRenewedCertificate(t *testing.T) {
 		t.Errorf("serial %d served after a broken renewal, want 2 (the last good one)", got)
 	}
 }
+
+// kapfhir token, against kapfhir serving HTTPS with a self-signed
+// certificate, trusts that certificate (the configured one) and gets a token.
+func TestTokenOverSelfSignedHTTPS(t *testing.T) {
+	certFile, keyFile, _ := selfSigned(t)
+	env := dataEnv(t)
+	env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
+	env["KAPFHIR_TLS_CERT_FILE"] = certFile
+	env["KAPFHIR_TLS_KEY_FILE"] = keyFile
+	base := startServe(t, env)
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"token", "-url", base}, &out, &errOut, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatalf("kapfhir token -url %s: %v\n%s", base, err, errOut.String())
+	}
+	if tok := strings.TrimSpace(out.String()); strings.Count(tok, ".") != 2 {
+		t.Errorf("kapfhir token printed %q, want a JWT", tok)
+	}
+}

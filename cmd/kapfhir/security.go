@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -77,7 +80,20 @@ func tokenCmd(ctx context.Context, cfg config.Config, clientID, keyFile, base, s
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}
-	tok, err := auth.RequestToken(ctx, &http.Client{Timeout: 30 * time.Second}, strings.TrimSuffix(base, "/")+"/auth/token", clientID, key, kid, scope)
+	client := &http.Client{Timeout: 30 * time.Second}
+	if cfg.TLS.Enabled() {
+		// kapfhir's own certificate is trusted besides the system's
+		// authorities: a self-signed one is common on a clinic's network.
+		roots, err := x509.SystemCertPool()
+		if err != nil {
+			roots = x509.NewCertPool()
+		}
+		if pem, err := os.ReadFile(cfg.TLS.CertFile); err == nil {
+			roots.AppendCertsFromPEM(pem)
+		}
+		client.Transport = &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}}
+	}
+	tok, err := auth.RequestToken(ctx, client, strings.TrimSuffix(base, "/")+"/auth/token", clientID, key, kid, scope)
 	if err != nil {
 		return fmt.Errorf("token: is kapfhir running at %s? %w", base, err)
 	}
