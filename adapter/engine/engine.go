@@ -254,10 +254,11 @@ type pipeline struct {
 	prev  chan struct{} // the last finish, being written
 }
 
-// leased is a lease taken: its owner and batches.
+// leased is a lease taken: its owner, batches and when it was taken.
 type leased struct {
 	owner   string
 	batches []outbox.Batch
+	at      time.Time
 	err     error
 }
 
@@ -337,11 +338,12 @@ func (p *pipeline) release(w *Worker) {
 // lost it.
 func (w *Worker) lease(ctx context.Context) leased {
 	owner := fmt.Sprintf("%s/%d", w.o.Owner, w.leases.Add(1))
+	at := w.o.Now()
 	batches, err := w.o.Store.Lease(ctx, outbox.Lease{
-		EndpointID: w.ep.ID, Owner: owner, MaxPatients: 1, Now: w.o.Now(), For: w.o.LeaseFor,
+		EndpointID: w.ep.ID, Owner: owner, MaxPatients: 1, Now: at, For: w.o.LeaseFor,
 	})
 	w.leasedPatients(batches)
-	return leased{owner: owner, batches: batches, err: err}
+	return leased{owner: owner, batches: batches, at: at, err: err}
 }
 
 // once is Once in a lane's pipeline p; it returns how many items it
@@ -356,7 +358,7 @@ func (w *Worker) once(ctx context.Context, p *pipeline) (int, error) {
 	}
 	n := 0
 	for _, b := range l.batches {
-		k, err := w.push(ctx, b, l.owner, p)
+		k, err := w.push(ctx, b, l.owner, l.at, p)
 		n += k
 		if err != nil {
 			return n, err

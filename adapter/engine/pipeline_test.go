@@ -84,3 +84,62 @@ func testLanes(t *testing.T, ehr *scriptedEHR) {
 	}
 	f.once(t)
 }
+
+// A batch leased ahead whose lease ran out while the lane was busy, and
+// which another worker took over, is left to that worker: pushed by both,
+// the EHR would hold a version the crosswalk does not name. One whose
+// lease merely grew old is renewed and pushed.
+func TestLeaseAheadTakenOverIsLeft(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		elapsed time.Duration
+		thief   bool
+	}{
+		{"taken over", 2 * time.Minute, true},
+		{"grown old, renewed", 50 * time.Second, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ehr := newScriptedEHR()
+			ehr.conditionalUpdate, ehr.transaction = true, true
+			f := newFixture(t, ehr)
+			ctx := t.Context()
+			client, err := ehrclient.New(f.ep, ehrclient.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := time.Now()
+			w := engine.New(engine.Options{Endpoint: f.ep, IdentifierSystem: f.svc.IdentifierSystem(), Source: f.svc.Installation(), Store: f.db, EHR: client, Owner: "lane",
+				LeaseFor: time.Minute, Now: func() time.Time { return now }})
+			n := engine.PushLeasedAhead(ctx, w, func() {
+				now = now.Add(tt.elapsed) // the lane's previous push
+				if !tt.thief {
+					return
+				}
+				bs, err := f.db.Lease(ctx, outbox.Lease{EndpointID: "ehr", Owner: "thief", MaxPatients: 1, Now: now, For: time.Hour})
+				if err != nil || len(bs) != 1 {
+					t.Fatalf("taking the expired lease over: %v, %d batches", err, len(bs))
+				}
+			})
+			writes := writesIn(requestsSince(ehr, 0))
+			if tt.thief {
+				items, err := f.db.Items(ctx, outbox.Filter{EndpointID: "ehr", Limit: 1000})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, it := range items {
+					if it.State != outbox.InFlight || it.LeaseOwner != "thief" {
+						t.Errorf("item %d: %s by %q; want in flight, held by the thief", it.ID, it.State, it.LeaseOwner)
+					}
+				}
+				if n != 0 || len(writes) != 0 {
+					t.Errorf("pushed %d items, writes %v; want the batch left alone", n, writes)
+				}
+				return
+			}
+			if n != 16 || len(writes) != 1 {
+				t.Errorf("pushed %d items, writes %v; want the renewed batch pushed in one transaction", n, writes)
+			}
+			f.allSucceeded(t, 16)
+		})
+	}
+}

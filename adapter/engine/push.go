@@ -97,10 +97,25 @@ type result struct {
 	at time.Time
 }
 
-// push writes one patient's batch and finishes every item in it. An auth
-// failure releases what is left and returns ErrAuthFailed; an unreachable
-// EHR retries the item, releases the rest and pauses the worker.
-func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, p *pipeline) (int, error) {
+// push writes one patient's batch, leased by owner at leasedAt, and
+// finishes every item in it. An auth failure releases what is left and
+// returns ErrAuthFailed; an unreachable EHR retries the item, releases the
+// rest and pauses the worker.
+func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, leasedAt time.Time, p *pipeline) (int, error) {
+	// A batch leased ahead waited for the lane's previous push. Past a
+	// third of its lease (when the heartbeat below would first renew it)
+	// it may have run out, and another worker may have taken it over and
+	// be writing it: written by both, the EHR would hold a version the
+	// crosswalk does not name. Renewed first, it is this lane's for a
+	// whole lease, or left to the worker that took it.
+	if w.o.Now().Sub(leasedAt) >= w.o.LeaseFor/3 {
+		if err := w.o.Store.Renew(ctx, w.ep.ID, b.PatientID, owner, w.o.Now().Add(w.o.LeaseFor)); err != nil {
+			if ctx.Err() == nil {
+				w.log.Warn("a batch leased ahead was taken over before its turn; leaving it to the worker that holds it", "patient", b.PatientID, "error", err)
+			}
+			return 0, nil
+		}
+	}
 	items := slices.Clone(b.Items)
 	slices.SortStableFunc(items, func(a, c outbox.Item) int {
 		if d := typeOrder(a.ResourceType) - typeOrder(c.ResourceType); d != 0 {

@@ -234,6 +234,18 @@ func secondSyncSendsNothing(t *testing.T, s *syncEnv, in *instance, sent int) {
 	}
 }
 
+// warnings returns kapfhir's log lines at WARN or ERROR (ids only: the
+// logs carry no PHI), for a failure message.
+func warnings(log string) string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // transactions counts the transaction Bundles the EHR received.
 func transactions(c ehrtest.Counters) int { return c.ByRoute["POST /"] }
 
@@ -498,7 +510,7 @@ func TestSyncToEHR(t *testing.T) {
 		t.Errorf("endpoints list:\n%s", out)
 	}
 	if out := cli("sync", "reconcile", "-endpoint", endpointID); !strings.Contains(out, " 0 missing, 0 drifted, 0 duplicated, 0 unknown") {
-		t.Errorf("reconcile of a synced EHR:\n%s", out)
+		t.Errorf("reconcile of a synced EHR:\n%s\nkapfhir's warnings:\n%s", out, warnings(in.stderr.String()))
 	}
 	// Someone deletes a CarePlan in the EHR: reconcile finds it, -repair and
 	// a backfill put it back.
