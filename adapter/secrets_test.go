@@ -12,7 +12,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ import (
 	"github.com/kapfhir/kapfhir/seal"
 	"github.com/kapfhir/kapfhir/store/postgres"
 	"github.com/kapfhir/kapfhir/store/sqlite"
+	"github.com/kapfhir/kapfhir/test/kaptest"
 	"github.com/kapfhir/kapfhir/test/pgtest"
 )
 
@@ -185,18 +185,7 @@ func TestSecretsSealedAtRestSQLite(t *testing.T) {
 		if _, err := db.Migrate(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		return rawStore{Store: db, bytes: func(t *testing.T) []byte {
-			// The database file and its WAL, where recent rows are.
-			var all []byte
-			for _, name := range []string{"kapfhir.db", "kapfhir.db-wal"} {
-				b, err := os.ReadFile(filepath.Join(dir, name))
-				if err != nil && !errors.Is(err, os.ErrNotExist) {
-					t.Fatal(err)
-				}
-				all = append(all, b...)
-			}
-			return all
-		}}
+		return rawStore{Store: db, bytes: func(t *testing.T) []byte { return kaptest.SQLiteBytes(t, dir, "kapfhir.db") }}
 	})
 }
 

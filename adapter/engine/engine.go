@@ -411,12 +411,6 @@ func identifierQuery(ident string) string {
 	return url.Values{"identifier": {ident}}.Encode()
 }
 
-// ehrIDFrom returns the EHR's id of a written resource from Location
-// (".../Type/id/_history/n") or "" when there is none.
-func ehrIDFrom(typ string, resp *ehrclient.Response) string {
-	return ehrclient.IDFromLocation(typ, resp.Location)
-}
-
 func success(status int) bool { return status == http.StatusOK || status == http.StatusCreated }
 
 // pushOrder is the order a patient's items are written in. References

@@ -215,9 +215,11 @@ func (w *Worker) push(ctx context.Context, b outbox.Batch, owner string, leasedA
 			return finish(), stop
 		}
 		// What is left is written one by one, in push order.
-		rest = slices.DeleteFunc(slices.Clone(items), func(it outbox.Item) bool {
-			return !slices.ContainsFunc(left, func(l outbox.Item) bool { return l.ID == it.ID })
-		})
+		leftIDs := make(map[int64]bool, len(left))
+		for _, it := range left {
+			leftIDs[it.ID] = true
+		}
+		rest = slices.DeleteFunc(slices.Clone(items), func(it outbox.Item) bool { return !leftIDs[it.ID] })
 	}
 	for _, it := range rest {
 		if !bt.keep() {
@@ -569,7 +571,7 @@ func (bt *batch) classify(it outbox.Item, resp *ehrclient.Response, p outbound.P
 	switch {
 	case success(resp.Status):
 		r.outcome = outbox.Sent
-		r.ehrID = ehrIDFrom(it.ResourceType, resp)
+		r.ehrID = ehrclient.IDFromLocation(it.ResourceType, resp.Location)
 		if r.ehrID == "" {
 			if cr, err := fhirjson.Unmarshal(resp.Body); err == nil {
 				if k, err := outbound.Identify(cr); err == nil {

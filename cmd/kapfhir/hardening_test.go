@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/kapfhir/kapfhir/seal"
+	"github.com/kapfhir/kapfhir/test/kaptest"
 )
 
 // selfSigned writes a self-signed certificate for 127.0.0.1 and its key into
@@ -101,13 +102,26 @@ func startServe(t *testing.T, env map[string]string) string {
 	return strings.Fields(strings.TrimPrefix(line, "kapfhir listening on "))[0]
 }
 
-func TestServeTLS(t *testing.T) {
-	certFile, keyFile, roots := selfSigned(t)
-	env := dataEnv(t)
+// serveTLS starts kapfhir serving HTTPS with a self-signed certificate for
+// 127.0.0.1 and returns its base URL and the certificate's files.
+func serveTLS(t *testing.T) (base, certFile, keyFile string, env map[string]string) {
+	t.Helper()
+	certFile, keyFile, _ = selfSigned(t)
+	env = dataEnv(t)
 	env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
 	env["KAPFHIR_TLS_CERT_FILE"] = certFile
 	env["KAPFHIR_TLS_KEY_FILE"] = keyFile
-	base := startServe(t, env)
+	return startServe(t, env), certFile, keyFile, env
+}
+
+func TestServeTLS(t *testing.T) {
+	base, certFile, _, _ := serveTLS(t)
+	roots := x509.NewCertPool()
+	pemCert, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots.AppendCertsFromPEM(pemCert)
 	if !strings.HasPrefix(base, "https://127.0.0.1:") {
 		t.Fatalf("listening on %q, want https://127.0.0.1:PORT", base)
 	}
@@ -207,7 +221,7 @@ func TestSealKey(t *testing.T) {
 	if strings.Contains(stderr, strings.TrimSpace(string(key))) {
 		t.Error("the log shows the sealing key")
 	}
-	db := dbBytes(t, dir)
+	db := kaptest.SQLiteBytes(t, dir, "kapfhir.db")
 	if bytes.Contains(db, []byte(token)) || !bytes.Contains(db, []byte("kseal1:")) {
 		t.Errorf("the database holds the token in plaintext (%v) or nothing sealed (%v)", bytes.Contains(db, []byte(token)), !bytes.Contains(db, []byte("kseal1:")))
 	}
@@ -236,30 +250,11 @@ func TestSealKey(t *testing.T) {
 	}
 }
 
-// dbBytes reads the SQLite database and its WAL in dir.
-func dbBytes(t *testing.T, dir string) []byte {
-	t.Helper()
-	var all []byte
-	for _, name := range []string{"kapfhir.db", "kapfhir.db-wal"} {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Fatal(err)
-		}
-		all = append(all, b...)
-	}
-	return all
-}
-
 // A renewed certificate (both files replaced, as renewal tools do) is served
 // from the next handshake on, without a restart; a renewal that does not
 // load (a key that does not match) leaves the previous certificate served.
 func TestServeTLSReloadsRenewedCertificate(t *testing.T) {
-	certFile, keyFile, _ := selfSigned(t)
-	env := dataEnv(t)
-	env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
-	env["KAPFHIR_TLS_CERT_FILE"] = certFile
-	env["KAPFHIR_TLS_KEY_FILE"] = keyFile
-	base := startServe(t, env)
+	base, certFile, keyFile, _ := serveTLS(t)
 	hostPort := strings.TrimPrefix(base, "https://")
 	renewedCert, renewedKey, _ := selfSignedSerial(t, 2)
 	trusted := x509.NewCertPool() // both certificates
@@ -315,12 +310,7 @@ func TestServeTLSReloadsRenewedCertificate(t *testing.T) {
 // kapfhir token, against kapfhir serving HTTPS with a self-signed
 // certificate, trusts that certificate (the configured one) and gets a token.
 func TestTokenOverSelfSignedHTTPS(t *testing.T) {
-	certFile, keyFile, _ := selfSigned(t)
-	env := dataEnv(t)
-	env["KAPFHIR_LISTEN"] = "127.0.0.1:0"
-	env["KAPFHIR_TLS_CERT_FILE"] = certFile
-	env["KAPFHIR_TLS_KEY_FILE"] = keyFile
-	base := startServe(t, env)
+	base, _, _, env := serveTLS(t)
 	var out, errOut bytes.Buffer
 	err := run(t.Context(), []string{"token", "-url", base}, &out, &errOut, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {

@@ -54,19 +54,7 @@ func TestAuditTrail(t *testing.T) {
 	}
 
 	// The auditor's question: who saw or changed this patient's data?
-	var b struct {
-		Entry []struct {
-			Resource struct {
-				Subtype []struct{ Code string } `json:"subtype"`
-				Agent   []struct {
-					Requestor bool `json:"requestor"`
-					Who       struct {
-						Identifier struct{ Value string } `json:"identifier"`
-					} `json:"who"`
-				} `json:"agent"`
-			} `json:"resource"`
-		} `json:"entry"`
-	}
+	var b auditEvents
 	r := in.do(t, "GET", "/fhir/AuditEvent?patient="+id+"&_count=100", nil)
 	if r.status != 200 {
 		t.Fatalf("AuditEvent search: %d %s", r.status, r.body)
@@ -120,18 +108,7 @@ func TestAuditTrail(t *testing.T) {
 // in the trail, by kapfhir itself, and the chain verifies.
 func TestRetentionPrunesOnStart(t *testing.T) {
 	in := start(t, "KAPFHIR_AUDIT_RETENTION=24h")
-	var b struct {
-		Entry []struct {
-			Resource struct {
-				Agent []struct {
-					Requestor bool `json:"requestor"`
-					Who       struct {
-						Identifier struct{ Value string } `json:"identifier"`
-					} `json:"who"`
-				} `json:"agent"`
-			} `json:"resource"`
-		} `json:"entry"`
-	}
+	var b auditEvents
 	r := in.do(t, "GET", "/fhir/AuditEvent?subtype=prune", nil)
 	if err := json.Unmarshal(r.body, &b); err != nil || r.status != 200 {
 		t.Fatalf("AuditEvent?subtype=prune: %d %s", r.status, r.body)
@@ -150,4 +127,20 @@ func TestRetentionPrunesOnStart(t *testing.T) {
 	if v := in.json(t, "GET", "/api/v1/audit/verify", nil, 200); v["intact"] != true {
 		t.Errorf("audit verify after the prune: %v", v)
 	}
+}
+
+// auditEvents is what these tests read of an AuditEvent search: each
+// event's subtypes and agents.
+type auditEvents struct {
+	Entry []struct {
+		Resource struct {
+			Subtype []struct{ Code string } `json:"subtype"`
+			Agent   []struct {
+				Requestor bool `json:"requestor"`
+				Who       struct {
+					Identifier struct{ Value string } `json:"identifier"`
+				} `json:"who"`
+			} `json:"agent"`
+		} `json:"resource"`
+	} `json:"entry"`
 }

@@ -127,27 +127,34 @@ func ours(t *testing.T, in *instance) []string {
 	t.Helper()
 	var out []string
 	for _, typ := range strings.Split(syncTypes, ",") {
-		next := "/fhir/" + typ + "?_count=1000"
-		for next != "" {
-			var b bundle
-			res := in.do(t, "GET", next, nil)
-			if err := json.Unmarshal(res.body, &b); err != nil || res.status != 200 {
-				t.Fatalf("GET %s: %d %v", next, res.status, err)
-			}
+		eachPage(t, in, "/fhir/"+typ+"?_count=1000", func(b bundle) {
 			for _, e := range b.Entry {
 				var r struct{ ID string }
 				_ = json.Unmarshal(e.Resource, &r)
 				out = append(out, typ+"/"+r.ID)
 			}
-			next = ""
-			for _, l := range b.Link {
-				if l.Relation == "next" {
-					next = l.URL
-				}
+		})
+	}
+	return out
+}
+
+// eachPage GETs path and every next page, passing each searchset to page.
+func eachPage(t *testing.T, in *instance, path string, page func(bundle)) {
+	t.Helper()
+	for path != "" {
+		res := in.do(t, "GET", path, nil)
+		var b bundle
+		if err := json.Unmarshal(res.body, &b); err != nil || res.status != 200 {
+			t.Fatalf("GET %s: %d %v %s", path, res.status, err, res.body)
+		}
+		page(b)
+		path = ""
+		for _, l := range b.Link {
+			if l.Relation == "next" {
+				path = l.URL
 			}
 		}
 	}
-	return out
 }
 
 // identifierSystem returns kapfhir's identifier system.
@@ -550,20 +557,7 @@ func total(t *testing.T, in *instance, path string) int {
 func count(t *testing.T, in *instance, path string) int {
 	t.Helper()
 	n := 0
-	for path != "" {
-		res := in.do(t, "GET", path, nil)
-		var b bundle
-		if err := json.Unmarshal(res.body, &b); err != nil || res.status != 200 {
-			t.Fatalf("GET %s: %d %v %s", path, res.status, err, res.body)
-		}
-		n += len(b.Entry)
-		path = ""
-		for _, l := range b.Link {
-			if l.Relation == "next" {
-				path = l.URL
-			}
-		}
-	}
+	eachPage(t, in, path, func(b bundle) { n += len(b.Entry) })
 	return n
 }
 

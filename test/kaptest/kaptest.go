@@ -6,10 +6,12 @@ package kaptest
 import (
 	"context"
 	"crypto/ecdsa"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -183,4 +185,20 @@ func Catalogue(t testing.TB) *catalogue.Catalogue {
 		t.Fatal(err)
 	}
 	return cat
+}
+
+// SQLiteBytes returns the raw bytes of the SQLite database file name in dir
+// and of its WAL (where recent rows are), to check what is, and is not,
+// written at rest.
+func SQLiteBytes(t testing.TB, dir, name string) []byte {
+	t.Helper()
+	var all []byte
+	for _, f := range []string{name, name + "-wal"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	return all
 }
