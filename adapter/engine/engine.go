@@ -27,7 +27,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -404,11 +403,6 @@ func isAuth(err error) bool {
 func pathOnly(method, p string) string {
 	p, _, _ = strings.Cut(p, "?")
 	return method + " " + p
-}
-
-// identifierQuery is "identifier=system|value", escaped.
-func identifierQuery(ident string) string {
-	return url.Values{"identifier": {ident}}.Encode()
 }
 
 func success(status int) bool { return status == http.StatusOK || status == http.StatusCreated }

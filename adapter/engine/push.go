@@ -540,7 +540,7 @@ func (bt *batch) create(ctx context.Context, it outbox.Item, rc ehrclient.Resour
 	}
 	hdr := http.Header{}
 	if rc.ConditionalCreate {
-		hdr.Set("If-None-Exist", identifierQuery(p.Identifier))
+		hdr.Set("If-None-Exist", outbound.IdentifierQuery(p.Identifier))
 	}
 	resp, err := bt.w.o.EHR.Do(ctx, ehrclient.Request{Method: http.MethodPost, Path: it.ResourceType, Body: p.Body, Header: hdr, Idempotent: rc.ConditionalCreate})
 	if err != nil {

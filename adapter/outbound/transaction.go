@@ -31,7 +31,13 @@ func NewPlaceholder() string { return uuid.New().URN() }
 // identifier, "Type?identifier=system|value" (escaped), relative to the
 // FHIR base: the path of a PUT, or a transaction entry's request.url.
 func ConditionalURL(p Prepared) string {
-	return p.Key.Type + "?" + url.Values{"identifier": {p.Identifier}}.Encode()
+	return p.Key.Type + "?" + IdentifierQuery(p.Identifier)
+}
+
+// IdentifierQuery is "identifier=system|value", escaped: a conditional
+// write's search (also If-None-Exist).
+func IdentifierQuery(ident string) string {
+	return url.Values{"identifier": {ident}}.Encode()
 }
 
 // Transaction renders a transaction Bundle whose entries are conditional
